@@ -1,0 +1,150 @@
+"""The ``connnode`` command: storage maintenance and the one-machine runner.
+
+    connnode db create-tables | rotate | preflight | drop-user UAID | drop-old-users
+    connnode dynalite     run the embedded dynalite in the foreground (data in data_dir)
+    connnode run          one machine: embedded dynalite, tables, then the nodes
+"""
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from connnode.settings import Settings, SettingsError
+
+
+def _storage(settings):
+    from connnode.db.storage import Storage
+    return Storage(settings)
+
+
+def cmd_create_tables(settings, args):
+    storage = _storage(settings)
+    storage.create_tables()
+    print(f"tables ready: {settings.router_tablename}, " + ", ".join(sorted(storage.rotation.valid)))
+
+
+def cmd_rotate(settings, args):
+    storage = _storage(settings)
+    storage.create_tables()
+    print(f"current: {storage.rotation.current}; valid: {', '.join(sorted(storage.rotation.valid))}")
+
+
+def cmd_preflight(settings, args):
+    storage = _storage(settings)
+    storage.create_tables()
+    storage.preflight()
+    print("preflight OK")
+
+
+def cmd_drop_user(settings, args):
+    dropped = _storage(settings).router.drop_user(args.uaid)
+    print("dropped" if dropped else "no such user")
+    return 0 if dropped else 1
+
+
+def cmd_drop_old_users(settings, args):
+    count = _storage(settings).router.drop_old_users(args.months_ago)
+    print(f"dropped {count} router records")
+
+
+def cmd_dynalite(settings, args):
+    from connnode.embedded import dynalite_command
+    data_path = Path(settings.data_dir) / "ddb"
+    data_path.mkdir(parents=True, exist_ok=True)
+    command = dynalite_command(settings.embedded_ddb_port, data_path)
+    os.execv(command[0], command)
+
+
+def ensure_crypto_key(settings):
+    """Under ``make run`` without a configured key: generate one once and keep
+    it in data_dir, so endpoint URLs stay valid across restarts."""
+    if settings.crypto_key:
+        return settings.crypto_key
+    from cryptography.fernet import Fernet
+    path = Path(settings.data_dir) / "crypto_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(Fernet.generate_key().decode("ascii") + "\n")
+    return path.read_text().strip()
+
+
+def cmd_run(settings, args):
+    from connnode.embedded import Dynalite
+
+    env = dict(os.environ)
+    env["CONNNODE_CRYPTO_KEY"] = ensure_crypto_key(settings)
+    dynalite = None
+    if not settings.aws_ddb_endpoint:
+        data_path = Path(settings.data_dir).resolve() / "ddb"
+        dynalite = Dynalite(settings.embedded_ddb_port, data_path).start()
+        env["CONNNODE_AWS_DDB_ENDPOINT"] = dynalite.endpoint
+        print(f"dynalite: {dynalite.endpoint} (data in {data_path})", flush=True)
+    else:
+        print(f"DynamoDB: {settings.aws_ddb_endpoint} (no embedded dynalite)", flush=True)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        run_settings = Settings.load(env)
+        storage = _storage(run_settings)
+        storage.create_tables()
+        storage.preflight()
+        print(f"tables ready: {run_settings.router_tablename}, "
+              + ", ".join(sorted(storage.rotation.valid)), flush=True)
+        print("the connection and endpoint nodes are not built yet (issues 3 and 4): "
+              "serving DynamoDB only. Stop with Ctrl-C.", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if dynalite:
+            dynalite.stop()
+        print("stopped", flush=True)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="connnode", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    db = sub.add_parser("db", help="storage maintenance").add_subparsers(dest="db_command",
+                                                                          required=True)
+    db.add_parser("create-tables", help="create the router and message tables").set_defaults(
+        func=cmd_create_tables)
+    db.add_parser("rotate", help="one pass of the monthly rotation (7.2)").set_defaults(
+        func=cmd_rotate)
+    db.add_parser("preflight", help="exercise every storage write (6.6)").set_defaults(
+        func=cmd_preflight)
+    drop = db.add_parser("drop-user", help="delete one router record")
+    drop.add_argument("uaid")
+    drop.set_defaults(func=cmd_drop_user)
+    old = db.add_parser("drop-old-users", help="delete records last connected N months ago")
+    old.add_argument("--months-ago", type=int, default=2)
+    old.set_defaults(func=cmd_drop_old_users)
+    sub.add_parser("dynalite", help="run the embedded dynalite").set_defaults(func=cmd_dynalite)
+    sub.add_parser("run", help="run the whole service on this machine").set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv=None):
+    from connnode.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(os.environ.get("CONNNODE_LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"connnode: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from connnode.db.dynamo import StorageError
+    try:
+        return args.func(settings, args) or 0
+    except StorageError as exc:
+        print(f"connnode: storage error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The boto3 DynamoDB client, attribute (de)serialisation, error types and
+table creation (PROTOCOL.md 6.1, 6.5).
+
+The low-level client is used directly (not the resource layer): it is lighter
+per call, and these few helpers are all the type mapping the schema needs.
+boto3 must be imported only after gevent's monkey patching, so nothing here
+imports it at module level.
+"""
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+THROUGHPUT_CODES = frozenset({
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+})
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+class StorageError(Exception):
+    """A DynamoDB call failed for a reason other than throughput."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+class ThroughputError(StorageError):
+    """DynamoDB refused the call for lack of capacity (6.1): callers apply the
+    overload rules instead of treating it as a failure."""
+
+
+class ConditionFailed(StorageError):
+    """A ConditionExpression did not hold."""
+
+
+def make_client(settings):
+    """One client per process; its pool is sized to the process's concurrency."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        max_pool_connections=settings.ddb_max_pool_connections,
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=10,
+    )
+    kwargs = {"region_name": settings.aws_region, "config": config}
+    if settings.aws_ddb_endpoint:
+        kwargs["endpoint_url"] = settings.aws_ddb_endpoint
+        # A local stand-in accepts any signature; don't demand real credentials.
+        if not os.environ.get("AWS_ACCESS_KEY_ID"):
+            kwargs["aws_access_key_id"] = "connnode"
+            kwargs["aws_secret_access_key"] = "connnode"
+    return boto3.session.Session().client("dynamodb", **kwargs)
+
+
+class Dynamo:
+    """Thin wrapper that turns botocore exceptions into our three types."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def call(self, operation, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in THROUGHPUT_CODES:
+                raise ThroughputError(f"{operation}: {code}", code) from None
+            if code == CONDITION_FAILED:
+                raise ConditionFailed(f"{operation}: condition failed", code) from None
+            raise StorageError(f"{operation}: {code}: {exc}", code) from None
+        except BotoCoreError as exc:
+            raise StorageError(f"{operation}: {exc}") from None
+
+    # -- tables (6.5) --------------------------------------------------------
+    def table_status(self, name):
+        """The table's status string, or None when it does not exist."""
+        try:
+            return self.call("describe_table", TableName=name)["Table"]["TableStatus"]
+        except StorageError as exc:
+            if exc.code == "ResourceNotFoundException":
+                return None
+            raise
+
+    def ensure_table(self, name, definition, timeout=60.0):
+        """Create the table if missing, wait until ACTIVE, enable TTL on ``expiry``."""
+        status = self.table_status(name)
+        if status is None:
+            try:
+                self.call("create_table", TableName=name, **definition)
+                log.info("created table %s", name)
+            except StorageError as exc:
+                if exc.code != "ResourceInUseException":  # another process won the race
+                    raise
+            self._enable_ttl(name)
+        deadline = time.monotonic() + timeout
+        while status != "ACTIVE":
+            if time.monotonic() > deadline:
+                raise StorageError(f"table {name} not ACTIVE after {timeout} s")
+            time.sleep(0.05 if status is None else 0.5)
+            status = self.table_status(name)
+
+    def _enable_ttl(self, name):
+        try:
+            self.call("update_time_to_live", TableName=name,
+                      TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiry"})
+        except StorageError as exc:
+            if exc.code == "UnknownOperationException":
+                return  # dynalite has no TTL API
+            if exc.code == "ValidationException" and "already enabled" in str(exc).lower():
+                return
+            raise
+
+
+def router_table_definition(read, write):
+    throughput = {"ReadCapacityUnits": read, "WriteCapacityUnits": write}
+    return {
+        "KeySchema": [{"AttributeName": "uaid", "KeyType": "HASH"}],
+        "AttributeDefinitions": [
+            {"AttributeName": "uaid", "AttributeType": "S"},
+            {"AttributeName": "last_connect", "AttributeType": "N"},
+        ],
+        "ProvisionedThroughput": throughput,
+        "GlobalSecondaryIndexes": [{
+            "IndexName": "AccessIndex",
+            "KeySchema": [{"AttributeName": "last_connect", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+            "ProvisionedThroughput": throughput,
+        }],
+    }
+
+
+def message_table_definition(read, write):
+    return {
+        "KeySchema": [
+            {"AttributeName": "uaid", "KeyType": "HASH"},
+            {"AttributeName": "chidmessageid", "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": [
+            {"AttributeName": "uaid", "AttributeType": "S"},
+            {"AttributeName": "chidmessageid", "AttributeType": "S"},
+        ],
+        "ProvisionedThroughput": {"ReadCapacityUnits": read, "WriteCapacityUnits": write},
+    }
+
+
+# -- attribute values -------------------------------------------------------
+def to_attr(value):
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, (set, frozenset)):
+        return {"SS": sorted(value)}
+    if isinstance(value, dict):
+        return {"M": {key: to_attr(item) for key, item in value.items()}}
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def from_attr(attr):
+    (kind, value), = attr.items()
+    if kind == "S":
+        return value
+    if kind == "N":
+        return int(value) if value.lstrip("-").isdigit() else int(float(value))
+    if kind == "SS":
+        return set(value)
+    if kind == "M":
+        return {key: from_attr(item) for key, item in value.items()}
+    if kind == "BOOL":
+        return value
+    if kind == "NULL":
+        return None
+    if kind == "L":
+        return [from_attr(item) for item in value]
+    raise TypeError(f"unexpected attribute type {kind}")
+
+
+def to_item(record):
+    return {key: to_attr(value) for key, value in record.items()}
+
+
+def from_item(item):
+    return {key: from_attr(value) for key, value in item.items()}
+
+
+def attr_names(*names):
+    """ExpressionAttributeNames for ``#name`` placeholders. Every expression
+    in this package names attributes only through these, so reserved words
+    (ttl, data, timestamp) are always safe (6.1)."""
+    return {f"#{name}": name for name in names}

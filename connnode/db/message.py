@@ -1,0 +1,154 @@
+"""One monthly message table (PROTOCOL.md 6.3, 6.4): a uaid's channel row and
+its stored messages.
+
+Sort keys put the channel row (" ") first, topic messages ("01:") next and
+timestamped ones ("02:") last, so the two drain phases are two range Queries.
+"""
+import time
+
+from connnode.crypto import hash_uaid
+from connnode.db.dynamo import ConditionFailed, StorageError, attr_names, from_item, to_attr, to_item
+from connnode.notification import CHANNEL_ROW_KEY, Notification
+
+FETCH_LIMIT = 10
+# PROTOCOL.md 6.3 says 10 attempts; with the +1 step, N writers racing on one
+# microsecond need N attempts for the last of them, and the foundation issue
+# requires 20 such writers to all succeed. 32 keeps the loop bounded.
+COLLISION_ATTEMPTS = 32
+
+
+class MessageTable:
+    def __init__(self, dynamo, name, key_hash="", max_ttl=2592000, message_ids=None):
+        self.dynamo = dynamo
+        self.name = name
+        self.key_hash = key_hash
+        self.max_ttl = max_ttl
+        self.message_ids = message_ids  # TokenCrypto, to renew ids on a key collision
+
+    def __repr__(self):
+        return f"<MessageTable {self.name}>"
+
+    def _hashed(self, uaid):
+        return {"S": hash_uaid(self.key_hash, uaid)}
+
+    def _channel_key(self, uaid):
+        return {"uaid": self._hashed(uaid), "chidmessageid": {"S": CHANNEL_ROW_KEY}}
+
+    # -- channels ------------------------------------------------------------
+    def register_channel(self, uaid, chid, now=None):
+        now = time.time() if now is None else now
+        self.dynamo.call(
+            "update_item", TableName=self.name, Key=self._channel_key(uaid),
+            UpdateExpression="ADD #chids :chids SET #expiry = :expiry",
+            ExpressionAttributeNames=attr_names("chids", "expiry"),
+            ExpressionAttributeValues={":chids": {"SS": [chid]},
+                                       ":expiry": to_attr(int(now) + self.max_ttl)})
+
+    def unregister_channel(self, uaid, chid):
+        """True if the chid was registered."""
+        result = self.dynamo.call(
+            "update_item", TableName=self.name, Key=self._channel_key(uaid),
+            UpdateExpression="DELETE #chids :chids",
+            ExpressionAttributeNames=attr_names("chids"),
+            ExpressionAttributeValues={":chids": {"SS": [chid]}},
+            ReturnValues="UPDATED_OLD")
+        old = from_item(result.get("Attributes", {}))
+        return chid in old.get("chids", ())
+
+    def all_channels(self, uaid):
+        """(channel row exists, set of chids)."""
+        result = self.dynamo.call("get_item", TableName=self.name, Key=self._channel_key(uaid),
+                                  ConsistentRead=True)
+        if "Item" not in result:
+            return False, set()
+        return True, from_item(result["Item"]).get("chids", set())
+
+    def save_channels(self, uaid, chids, now=None):
+        if not chids:
+            return
+        now = time.time() if now is None else now
+        item = {"uaid": hash_uaid(self.key_hash, uaid), "chidmessageid": CHANNEL_ROW_KEY,
+                "chids": set(chids), "expiry": int(now) + self.max_ttl}
+        self.dynamo.call("put_item", TableName=self.name, Item=to_item(item))
+
+    # -- messages ------------------------------------------------------------
+    def store_message(self, notification, now=None):
+        """Put the message. A timestamped key that is taken moves one
+        microsecond on (with a renewed message id) until it is free (6.3)."""
+        now = time.time() if now is None else now
+        if not notification.is_timestamped:
+            self._put(notification, now)
+            return
+        for _ in range(COLLISION_ATTEMPTS):
+            try:
+                self._put(notification, now, ConditionExpression="attribute_not_exists(#sk)",
+                          ExpressionAttributeNames={"#sk": "chidmessageid"})
+                return
+            except ConditionFailed:
+                notification.sortkey_timestamp += 1
+                if self.message_ids is None:
+                    raise StorageError("sort key collision and no key to renew the message id")
+                notification.version = self.message_ids.message_id(
+                    notification.uaid, notification.chid,
+                    sortkey_timestamp=notification.sortkey_timestamp)
+        raise StorageError(f"no free sort key after {COLLISION_ATTEMPTS} attempts")
+
+    def _put(self, notification, now, **kwargs):
+        item = notification.item(now, self.max_ttl)
+        item["uaid"] = hash_uaid(self.key_hash, notification.uaid)
+        self.dynamo.call("put_item", TableName=self.name, Item=to_item(item), **kwargs)
+
+    def delete_message(self, uaid, sort_key, updateid=None):
+        """Delete one message; with ``updateid`` only if it was not replaced.
+        Returns False when the condition failed (a newer message stays)."""
+        kwargs = {}
+        if updateid is not None:
+            kwargs = {"ConditionExpression": "#updateid = :updateid",
+                      "ExpressionAttributeNames": attr_names("updateid"),
+                      "ExpressionAttributeValues": {":updateid": to_attr(updateid)}}
+        try:
+            self.dynamo.call("delete_item", TableName=self.name,
+                             Key={"uaid": self._hashed(uaid), "chidmessageid": {"S": sort_key}},
+                             **kwargs)
+        except ConditionFailed:
+            return False
+        return True
+
+    def fetch_messages(self, uaid):
+        """Topic phase: (current_timestamp of the channel row or None,
+        topic and legacy messages in key order)."""
+        items = self._query(uaid, "#uaid = :u AND #sk < :k", "02")
+        cursor = None
+        messages = []
+        for item in items:
+            if item["chidmessageid"] == CHANNEL_ROW_KEY:
+                cursor = item.get("current_timestamp")
+            else:
+                messages.append(Notification.from_item(uaid, item))
+        return cursor, messages
+
+    def fetch_timestamp_messages(self, uaid, cursor=None):
+        """Timestamp phase: (sortkey_timestamp of the last timestamped item or
+        None, the items in key order)."""
+        bound = f"02:{cursor}:z" if cursor is not None else "01;"
+        messages = [Notification.from_item(uaid, item)
+                    for item in self._query(uaid, "#uaid = :u AND #sk > :k", bound)]
+        stamps = [message.sortkey_timestamp for message in messages if message.is_timestamped]
+        return (stamps[-1] if stamps else None), messages
+
+    def _query(self, uaid, condition, bound):
+        result = self.dynamo.call(
+            "query", TableName=self.name, KeyConditionExpression=condition,
+            ExpressionAttributeNames={"#uaid": "uaid", "#sk": "chidmessageid"},
+            ExpressionAttributeValues={":u": self._hashed(uaid), ":k": {"S": bound}},
+            ConsistentRead=True, Limit=FETCH_LIMIT)
+        return [from_item(item) for item in result.get("Items", [])]
+
+    def update_last_message_read(self, uaid, cursor, now=None):
+        now = time.time() if now is None else now
+        self.dynamo.call(
+            "update_item", TableName=self.name, Key=self._channel_key(uaid),
+            UpdateExpression="SET #current_timestamp = :timestamp, #expiry = :expiry",
+            ExpressionAttributeNames=attr_names("current_timestamp", "expiry"),
+            ExpressionAttributeValues={":timestamp": to_attr(int(cursor)),
+                                       ":expiry": to_attr(int(now) + self.max_ttl)})

@@ -1,0 +1,94 @@
+"""The storage facade a process builds once: the boto3 client, the router
+table, the monthly message tables and their rotation, the preflight check
+(PROTOCOL.md 6.5, 6.6, 7) and the health check (4.11).
+"""
+import logging
+import secrets
+import time
+
+from connnode.crypto import TokenCrypto
+from connnode.db.dynamo import (Dynamo, StorageError, make_client, message_table_definition,
+                                router_table_definition)
+from connnode.db.message import MessageTable
+from connnode.db.rotation import TableRotation
+from connnode.db.router import RouterTable
+from connnode.notification import Notification
+
+log = logging.getLogger(__name__)
+
+HEALTHY_STATUSES = ("CREATING", "UPDATING", "ACTIVE")
+
+
+class Storage:
+    def __init__(self, settings, dynamo=None, crypto=None):
+        self.settings = settings
+        self.dynamo = dynamo or Dynamo(make_client(settings))
+        self.crypto = crypto or TokenCrypto(settings.crypto_keys)
+        self.router = RouterTable(self.dynamo, settings.router_tablename,
+                                  settings.key_hash, settings.max_ttl)
+        self.rotation = TableRotation(settings.message_tablename, self._ensure_message_table)
+        self._tables = {}
+
+    def message_table(self, name):
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = MessageTable(
+                self.dynamo, name, self.settings.key_hash, self.settings.max_ttl, self.crypto)
+        return table
+
+    @property
+    def current_table(self):
+        return self.message_table(self.rotation.current)
+
+    def _ensure_message_table(self, name):
+        self.dynamo.ensure_table(name, message_table_definition(
+            self.settings.message_read_throughput, self.settings.message_write_throughput))
+
+    def create_tables(self, now=None):
+        """Router table; last, current and (on a month's last day) next month's tables."""
+        self.dynamo.ensure_table(self.settings.router_tablename, router_table_definition(
+            self.settings.router_read_throughput, self.settings.router_write_throughput))
+        self.rotation.check(now)
+
+    def preflight(self):
+        """Exercise every kind of write once with a throw-away uaid (6.6);
+        raises StorageError on the first failure."""
+        for name in (self.settings.router_tablename, self.rotation.current):
+            if self.dynamo.table_status(name) != "ACTIVE":
+                raise StorageError(f"table {name} is not ACTIVE")
+        uaid = "deadbeef00000000deadbeef" + secrets.token_hex(4)
+        chid = "deadbeef-0000-4000-8000-00000000beef"
+        now = int(time.time())
+        skt = int(time.time() * 1_000_000)
+        message = Notification(uaid, chid, self.crypto.message_id(uaid, chid, sortkey_timestamp=skt),
+                               ttl=60, timestamp=now, sortkey_timestamp=skt)
+        table = self.current_table
+        table.store_message(message)
+        table.delete_message(uaid, message.sort_key)
+        record = {"uaid": uaid, "node_id": "mynode:2020", "connected_at": 0,
+                  "router_type": "webpush"}
+        ok, _ = self.router.register_user(record)
+        read = self.router.get_uaid(uaid)
+        if not ok or not read or read.get("node_id") != "mynode:2020":
+            raise StorageError("preflight: router record did not read back")
+        self.router.clear_node(read)
+        self.router.drop_user(uaid)
+
+    def health(self):
+        """(healthy, {"router": {...}, "storage": {...}}) for /health (4.11)."""
+        report = {}
+        for key, name in (("router", self.settings.router_tablename),
+                          ("storage", self.rotation.current)):
+            try:
+                status = self.dynamo.table_status(name)
+                if status in HEALTHY_STATUSES:
+                    report[key] = {"status": "OK"}
+                else:
+                    report[key] = {"status": "NOT OK", "error": f"table {name} {status or 'missing'}"}
+            except StorageError as exc:
+                report[key] = {"status": "NOT OK", "error": str(exc)[:200]}
+        return all(entry["status"] == "OK" for entry in report.values()), report
+
+    def month_usable(self, record):
+        """The record names a message table that is valid now (7.2)."""
+        return self.rotation.is_valid(record.get("current_month"))

@@ -1,0 +1,123 @@
+"""The Notification: one push message as the nodes pass it around.
+
+One class knows every shape a message takes (PROTOCOL.md 2.7 frame, 3.2
+router body, 6.3 storage item and sort key) and the expiry rule, so the
+endpoint, the router API, the drain and the storage layer cannot drift apart.
+"""
+import simplejson as json
+
+CHANNEL_ROW_KEY = " "
+
+
+class Notification:
+    __slots__ = ("uaid", "chid", "version", "ttl", "timestamp", "topic",
+                 "sortkey_timestamp", "data", "headers", "legacy_sort_key")
+
+    def __init__(self, uaid, chid, version, ttl, timestamp, topic=None,
+                 sortkey_timestamp=None, data=None, headers=None, legacy_sort_key=None):
+        self.uaid = uaid
+        self.chid = chid
+        self.version = version
+        self.ttl = ttl
+        self.timestamp = timestamp
+        self.topic = topic
+        self.sortkey_timestamp = sortkey_timestamp
+        self.data = data or None
+        self.headers = headers if self.data else None
+        self.legacy_sort_key = legacy_sort_key
+
+    def __repr__(self):
+        return f"<Notification {self.sort_key} ttl={self.ttl}>"
+
+    # -- kinds and keys ------------------------------------------------------
+    @property
+    def is_timestamped(self):
+        return self.sortkey_timestamp is not None and self.topic is None and not self.legacy_sort_key
+
+    @property
+    def sort_key(self):
+        if self.legacy_sort_key:
+            return self.legacy_sort_key
+        if self.topic is not None:
+            return f"01:{self.chid}:{self.topic}"
+        return f"02:{self.sortkey_timestamp}:{self.chid}"
+
+    def expired(self, now):
+        """True when ``now`` (seconds) >= timestamp + ttl (6.3)."""
+        return int(now) >= self.timestamp + (self.ttl or 0)
+
+    # -- the browser's frame (2.7) --------------------------------------------
+    def frame(self):
+        message = {"messageType": "notification", "channelID": self.chid, "version": self.version}
+        if self.data:
+            message["data"] = self.data
+            message["headers"] = self.headers or {}
+        return json.dumps(message, separators=(",", ":"))
+
+    # -- the private router body (3.2) ----------------------------------------
+    def push_body(self):
+        body = {"channelID": self.chid, "version": self.version, "ttl": self.ttl,
+                "topic": self.topic, "timestamp": self.timestamp,
+                "sortkey_timestamp": self.sortkey_timestamp}
+        if self.data:
+            body["data"] = self.data
+            body["headers"] = self.headers or {}
+        return body
+
+    @classmethod
+    def from_push_body(cls, uaid, body):
+        """Build from a PUT /push body; ValueError when it is not usable."""
+        if not isinstance(body, dict):
+            raise ValueError("body is not an object")
+        chid, version = body.get("channelID"), body.get("version")
+        if not isinstance(chid, str) or not isinstance(version, str):
+            raise ValueError("channelID and version must be strings")
+        ttl, timestamp = body.get("ttl", 0), body.get("timestamp", 0)
+        topic, skt = body.get("topic"), body.get("sortkey_timestamp")
+        data, headers = body.get("data"), body.get("headers")
+        if not _is_int(ttl) or not _is_int(timestamp) or (skt is not None and not _is_int(skt)):
+            raise ValueError("ttl, timestamp and sortkey_timestamp must be integers")
+        if topic is not None and not isinstance(topic, str):
+            raise ValueError("topic must be a string or null")
+        if data is not None and not isinstance(data, str):
+            raise ValueError("data must be a string")
+        if headers is not None and not (isinstance(headers, dict)
+                                        and all(isinstance(v, str) for v in headers.values())):
+            raise ValueError("headers must be an object of strings")
+        if topic is None and skt is None:
+            raise ValueError("a message needs a topic or a sortkey_timestamp")
+        return cls(uaid, chid, version, ttl, timestamp, topic=topic, sortkey_timestamp=skt,
+                   data=data, headers=headers)
+
+    # -- storage (6.3) -------------------------------------------------------
+    def item(self, now, max_ttl):
+        """Plain attributes of the stored item, without the uaid key."""
+        record = {"chidmessageid": self.sort_key, "updateid": self.version, "ttl": self.ttl,
+                  "timestamp": self.timestamp, "expiry": int(now) + min(self.ttl, max_ttl)}
+        if self.data:
+            record["data"] = self.data
+            if self.headers:
+                record["headers"] = dict(self.headers)
+        return record
+
+    @classmethod
+    def from_item(cls, uaid, item):
+        """Read a stored item (plain attributes). Returns None for the channel row."""
+        sort_key = item["chidmessageid"]
+        if sort_key == CHANNEL_ROW_KEY:
+            return None
+        topic = skt = legacy = None
+        if sort_key.startswith("01:"):
+            _, chid, topic = sort_key.split(":", 2)
+        elif sort_key.startswith("02:"):
+            _, skt_text, chid = sort_key.split(":", 2)
+            skt = int(skt_text)
+        else:
+            chid, legacy = sort_key.split(":", 1)[0], sort_key
+        return cls(uaid, chid, item.get("updateid", ""), int(item.get("ttl", 0)),
+                   int(item.get("timestamp", 0)), topic=topic, sortkey_timestamp=skt,
+                   data=item.get("data"), headers=item.get("headers"), legacy_sort_key=legacy)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)

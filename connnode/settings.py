@@ -1,0 +1,211 @@
+"""One Settings object for every option of PROTOCOL.md section 9.
+
+Values come from three layers, later ones winning: the defaults below, an ini
+file (section ``[connnode]``; its path from ``CONNNODE_CONFIG``), and the
+environment as ``CONNNODE_<NAME>``. A malformed value stops start-up with a
+``SettingsError`` that names the option and the bad value, so an operator sees
+the typo instead of a node running with a surprise.
+"""
+import configparser
+import os
+import socket
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "CONNNODE_"
+CONFIG_ENV = "CONNNODE_CONFIG"
+INI_SECTION = "connnode"
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used."""
+
+
+def _parse_bool(text):
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _non_negative(kind):
+    def parse(text):
+        value = kind(text.strip())
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    return parse
+
+
+def _port(text):
+    value = int(text.strip())
+    if not 0 < value < 65536:
+        raise ValueError("not a TCP port")
+    return value
+
+
+def _url(text):
+    text = text.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http(s) URL")
+    return text
+
+
+def _str(text):
+    return text.strip()
+
+
+_count = _non_negative(int)
+_seconds = _non_negative(float)
+
+# name -> (parser, default). A default of None means "unset"; derived
+# defaults (hostname-based URLs) are filled in by Settings.__init__.
+OPTIONS = {
+    # 9.1 shared
+    "crypto_key": (_str, None),
+    "key_hash": (_str, ""),
+    "router_tablename": (_str, "router"),
+    "message_tablename": (_str, "message"),
+    "router_read_throughput": (_count, 5),
+    "router_write_throughput": (_count, 5),
+    "message_read_throughput": (_count, 5),
+    "message_write_throughput": (_count, 5),
+    "aws_ddb_endpoint": (_url, None),
+    "data_dir": (_str, "./var"),
+    "embedded_ddb_port": (_port, 4567),
+    "aws_region": (_str, "us-east-1"),
+    "max_ttl": (_count, 2592000),
+    "endpoint_url": (_url, None),
+    "hostname": (_str, None),
+    "env": (_str, "development"),
+    "statsd_host": (_str, "localhost"),
+    "statsd_port": (_port, 8125),
+    "statsd_prefix": (_str, ""),
+    "router_connect_timeout": (_seconds, 0.5),
+    "router_request_timeout": (_seconds, 3.0),
+    "table_rotation_interval": (_seconds, 60.0),
+    "ddb_max_pool_connections": (_count, 100),
+    # 9.2 connection node
+    "port": (_port, 8080),
+    "router_hostname": (_str, None),
+    "router_port": (_port, 8100),
+    "router_url": (_url, None),
+    "hello_timeout": (_seconds, 10.0),
+    "idle_timeout": (_seconds, 0.0),
+    "auto_ping_interval": (_seconds, 300.0),
+    "auto_ping_timeout": (_seconds, 4.0),
+    "min_ping_interval": (_seconds, 55.0),
+    "msg_limit": (_count, 100),
+    "max_connections": (_count, 0),
+    "max_frame_bytes": (_count, 65536),
+    "open_handshake_timeout": (_seconds, 5.0),
+    "close_handshake_timeout": (_seconds, 0.0),
+    "send_high_water": (_count, 65536),
+    "backdoor_port": (_port, None),
+    "backdoor_host": (_str, "127.0.0.1"),
+    # 9.3 endpoint node
+    "endpoint_port": (_port, 8082),
+    "max_data_bytes": (_count, 5630),
+    "cors": (_parse_bool, True),
+    "sts_max_age": (_count, 31536000),
+}
+
+
+def _read_ini(path):
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path!r}: {exc}") from exc
+    except configparser.Error as exc:
+        raise SettingsError(f"config file {path!r} is malformed: {exc}") from exc
+    if not parser.has_section(INI_SECTION):
+        return {}
+    values = dict(parser.items(INI_SECTION))
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise SettingsError(f"config file {path!r}: unknown option(s) {', '.join(unknown)}")
+    return values
+
+
+class Settings:
+    """Every option as an attribute. Build with ``Settings.load()`` or
+    ``Settings(**overrides)`` (tests: no file, no environment)."""
+
+    def __init__(self, **overrides):
+        unknown = sorted(set(overrides) - set(OPTIONS))
+        if unknown:
+            raise SettingsError(f"unknown option(s) {', '.join(unknown)}")
+        for name, (parser, default) in OPTIONS.items():
+            value = overrides.get(name, default)
+            if isinstance(value, str) and parser is not _str:
+                value = _parse_one(name, value)
+            setattr(self, name, value)
+        self._derive()
+
+    @classmethod
+    def load(cls, environ=None, config_path=None):
+        """Defaults < ini file (``CONNNODE_CONFIG``) < ``CONNNODE_*`` variables."""
+        environ = os.environ if environ is None else environ
+        raw = {}
+        config_path = config_path or environ.get(CONFIG_ENV)
+        if config_path:
+            raw.update(_read_ini(config_path))
+        for name in OPTIONS:
+            key = ENV_PREFIX + name.upper()
+            if key in environ:
+                raw[name] = environ[key]
+        return cls(**{name: _parse_one(name, text) for name, text in raw.items()})
+
+    def _derive(self):
+        if not self.hostname:
+            self.hostname = socket.gethostname()
+        if not self.router_hostname:
+            self.router_hostname = self.hostname
+        if not self.endpoint_url:
+            self.endpoint_url = f"http://{self.hostname}:{self.endpoint_port}"
+        self.endpoint_url = _drop_default_port(self.endpoint_url)
+
+    def router_url_for(self, port):
+        """The node_id of a connection-node process listening on ``port``."""
+        if self.router_url:
+            return self.router_url
+        return _drop_default_port(f"http://{self.router_hostname}:{port}")
+
+    @property
+    def crypto_keys(self):
+        """The Fernet keys of ``crypto_key`` in order (first encrypts)."""
+        if not self.crypto_key:
+            return []
+        return [key.strip() for key in self.crypto_key.split(",") if key.strip()]
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in OPTIONS}
+
+
+def _parse_one(name, text):
+    parser, _ = OPTIONS[name]
+    if not isinstance(text, str):
+        return text
+    if text.strip() == "" and OPTIONS[name][1] is None and parser is not _str:
+        return None
+    try:
+        return parser(text)
+    except ValueError as exc:
+        raise SettingsError(f"option {name}: bad value {text!r} ({exc})") from None
+
+
+def _drop_default_port(url):
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"bad port in URL {url!r}") from None
+    if port is not None and port == default:
+        netloc = parts.netloc.rsplit(":", 1)[0]
+        return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
+    return url.rstrip("/")
