@@ -7,6 +7,7 @@ environment as ``CONNNODE_<NAME>``. A malformed value stops start-up with a
 the typo instead of a node running with a surprise.
 """
 import configparser
+import math
 import os
 import socket
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ def _parse_bool(text):
 def _non_negative(kind):
     def parse(text):
         value = kind(text.strip())
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
         if value < 0:
             raise ValueError("must not be negative")
         return value
@@ -50,6 +53,7 @@ def _url(text):
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http(s) URL")
+    parts.port  # raises ValueError for a malformed port
     return text
 
 
