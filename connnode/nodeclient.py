@@ -1,0 +1,61 @@
+"""Node-to-node HTTP calls (PROTOCOL.md 3.6): EP -> CN and CN -> CN.
+
+One ``NodeClient`` per process, built after gevent's monkey patching (urllib3
+then uses gevent sockets). It keeps one keep-alive pool per node
+(scheme, host, port), up to ``POOL_MAXSIZE`` idle connections each; a burst
+above that opens extra connections that are closed after use instead of
+waiting for a free one (``block=False``).
+
+Timeouts: ``router_connect_timeout`` to connect, ``router_request_timeout`` for
+the whole call as urllib3 counts it (the read timeout is what is left of the
+total once connected, applied to each socket read; the answers are a few
+bytes, so this bounds the call). Retries and redirects are off: a PUT /push
+must never be delivered twice. Anything urllib3 raises for a transport
+problem (refused, reset, DNS failure, timeout, broken pooled connection)
+becomes ``NodeConnectionError``; an HTTP answer of any status is returned.
+"""
+import simplejson as json
+import urllib3
+from urllib3.exceptions import HTTPError
+
+POOL_MAXSIZE = 50
+# Distinct nodes kept in the pool manager before the least recently used
+# pool is dropped: every CN worker is its own (host, port), so the default
+# of 10 would churn connections on any real cluster.
+NUM_POOLS = 1000
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class NodeConnectionError(Exception):
+    """The other node could not be reached (3.6 "connection error")."""
+
+
+class NodeClient:
+    def __init__(self, settings):
+        self.timeout = urllib3.Timeout(connect=settings.router_connect_timeout,
+                                       total=settings.router_request_timeout)
+        self.pool = urllib3.PoolManager(num_pools=NUM_POOLS, maxsize=POOL_MAXSIZE, block=False,
+                                        timeout=self.timeout, retries=False)
+
+    def put(self, url, json_body=None):
+        """PUT ``url`` (with a compact JSON body if given); the HTTP status."""
+        if json_body is None:
+            return self._call("PUT", url, None, None)
+        body = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        return self._call("PUT", url, body, JSON_HEADERS)
+
+    def delete(self, url):
+        """DELETE ``url``; the HTTP status."""
+        return self._call("DELETE", url, None, None)
+
+    def close(self):
+        self.pool.clear()
+
+    def _call(self, method, url, body, headers):
+        try:
+            response = self.pool.urlopen(method, url, body=body, headers=headers,
+                                         redirect=False, preload_content=True)
+        except (HTTPError, OSError) as exc:
+            raise NodeConnectionError(f"{method} {url}: {exc}") from exc
+        return response.status
