@@ -1,0 +1,130 @@
+"""Everything one connection-node process shares between its connections:
+settings, storage, the local registry, timers, the pending-write barrier,
+metrics, the node-to-node client and this process's node_id.
+
+``build_node`` is called once per worker, after gevent's monkey patching (so
+boto3 is imported patched), and returns the node with its two WSGI apps.
+"""
+import logging
+import time
+import uuid
+
+import gevent
+
+from connnode.connection.pending import PendingWrites
+from connnode.connection.registry import Registry
+from connnode.connection.session import Session
+from connnode.connection.timers import Timers
+from connnode.crypto import hash_uaid
+from connnode.nodeclient import NodeConnectionError
+
+log = logging.getLogger(__name__)
+summary_log = logging.getLogger("connnode.connection.summary")
+
+
+class Node:
+    def __init__(self, settings, storage, metrics, node_client, node_id):
+        self.settings = settings
+        self.storage = storage
+        self.metrics = metrics
+        self.node_client = node_client
+        self.node_id = node_id
+        self.registry = Registry()
+        self.pending = PendingWrites()
+        self.timers = Timers()
+        self.accepting = True
+        self.connections = 0  # WebSockets whose session has not ended yet
+        self.router_app = None
+        self.public_app = None
+        self._rotation = None
+
+    # -- what sessions ask of the node -----------------------------------------
+    @staticmethod
+    def new_uaid():
+        return uuid.uuid4().hex
+
+    def endpoint_for(self, uaid, chid, key_raw):
+        token = self.storage.crypto.endpoint_token(uaid, chid, key_raw)
+        version = "v2" if key_raw is not None else "v1"
+        return f"{self.settings.endpoint_url}/wpush/{version}/{token}"
+
+    def evict_elsewhere(self, node_id, uaid, connected_at):
+        """Hello step 5: ask the previous node to drop its connection."""
+        try:
+            self.node_client.delete(f"{node_id}/notif/{uaid}/{int(connected_at)}")
+        except NodeConnectionError as exc:
+            log.info("evicting %s at %s failed: %s", self.log_uaid(uaid), node_id, exc)
+
+    def notify_node(self, node_id, uaid):
+        """2.16 step 5: tell the user's current node that storage has news."""
+        try:
+            self.node_client.put(f"{node_id}/notif/{uaid}")
+        except NodeConnectionError as exc:
+            log.info("notifying %s failed: %s", node_id, exc)
+
+    def log_uaid(self, uaid):
+        """The uaid as logs may show it: hashed when key_hash is set."""
+        if uaid and self.settings.key_hash:
+            return hash_uaid(self.settings.key_hash, uaid)
+        return uaid
+
+    def session_ended(self, session):
+        """Count the connection out and log its summary line (2.16 step 3)."""
+        self.connections -= 1
+        stats = session.stats or {}
+        summary_log.info("connection closed", extra={"fields": {
+            "uaid_hash": self.log_uaid(session.uaid),
+            "user_agent": session.user_agent,
+            "lifespan": round(time.time() - session.connected_at / 1000, 3),
+            "registers": stats.get("registers", 0),
+            "unregisters": stats.get("unregisters", 0),
+            "direct_acked": stats.get("direct_acked", 0),
+            "stored_retrieved": stats.get("stored_retrieved", 0),
+            "stored_acked": stats.get("stored_acked", 0),
+            "nacks": stats.get("nacks", 0),
+            "direct_saved": stats.get("direct_saved", 0),
+            "uaid_reset": bool(stats.get("reset")),
+        }})
+
+    def session_factory(self, environ):
+        user_agent = environ.get("HTTP_USER_AGENT", "")
+        host = environ.get("HTTP_HOST", "")
+        connected_at = int(time.time() * 1000)
+
+        def make(transport):
+            self.connections += 1
+            return Session(self, transport, connected_at, user_agent, host)
+        return make
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self):
+        self._rotation = gevent.spawn(self.storage.rotation.run_forever,
+                                      self.settings.table_rotation_interval)
+
+    def shutdown(self, timeout):
+        """Stop taking upgrades, close every client with 1001, wait (bounded)
+        for the saves their closes started."""
+        self.accepting = False
+        deadline = time.monotonic() + timeout
+        for session in list(self.registry):
+            session.close(1001, "server shutting down")
+        while self.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        return self.pending.wait_all(max(0.0, deadline - time.monotonic()))
+
+
+def build_node(settings, router_port):
+    """The node of one worker process whose private router listens on ``router_port``."""
+    from connnode.connection.app import create_public_app
+    from connnode.connection.router_app import create_router_app
+    from connnode.db.storage import Storage
+    from connnode.metrics import Metrics
+    from connnode.nodeclient import NodeClient
+
+    storage = Storage(settings)
+    storage.create_tables()
+    node = Node(settings, storage, Metrics.from_settings(settings), NodeClient(settings),
+                settings.router_url_for(router_port))
+    node.router_app = create_router_app(node)
+    node.public_app = create_public_app(node)
+    return node

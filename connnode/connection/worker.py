@@ -1,0 +1,313 @@
+"""Per-worker start-up of the connection node under gunicorn
+(``gunicorn.conf.py`` wires these hooks; worker class
+``geventwebsocket.gunicorn.workers.GeventWebSocketWorker``).
+
+Slots (master side). Each worker process owns a private router port,
+``router_port + slot``, and advertises it in its node_id, because only that
+process holds the sockets it registered. ``pre_fork`` (run in the master just
+before ``os.fork``, with the new worker object) gives the worker the lowest slot
+no live worker uses and stores it as ``worker.connnode_slot``; the fork copies
+that attribute into the child. ``child_exit`` (master, after the child is
+reaped) frees it; so does ``worker_exit`` when gunicorn calls it in the master
+(a worker found already gone when signalled). After a reload (HUP) the old
+workers drain beside the new ones, so up to 2 x workers slots (ports) are in
+use at once. The table lives on the arbiter object, which survives a reload
+of this config; before each allocation it forgets workers the arbiter no
+longer has (a failed fork, a missed exit). Re-exec upgrades (USR2) are not
+supported: the new master's workers would want the same ports while the old
+ones still hold them (their bind fails and the new master stops).
+
+Worker side. ``post_worker_init`` runs in the child after gevent's monkey
+patching (``GeventWorker.init_process`` patches first) and after gunicorn has
+loaded the placeholder app, right before ``worker.run()`` builds the public
+server from ``worker.wsgi`` and ``worker.wsgi_handler``. There it:
+
+1. loads the settings and builds the node (``build_node``; boto3 is imported
+   only now, patched);
+2. starts the private router listener, a gevent ``pywsgi.WSGIServer`` on
+   ``router_port + slot`` with ``TCP_NODELAY`` (without it a keep-alive
+   request costs ~43 ms instead of ~0.6 ms) and no access log;
+3. configures ``ConnectionHandler`` (``max_connections``,
+   ``open_handshake_timeout``, ``current_connections``) and puts it and the
+   node's public app in place of gunicorn's handler and the placeholder app;
+4. starts the node, the optional gevent backdoor (``backdoor_port + slot``,
+   loopback only), and a watcher that calls ``node.shutdown`` once gunicorn
+   asks the worker to stop, so clients get a 1001 close and unacked direct
+   messages are saved before gunicorn's graceful timeout.
+
+Router bind address: loopback when ``router_hostname`` is a loopback name
+(``localhost``, ``*.localhost``, an address in 127.0.0.0/8 or ``::1``: then
+the listener binds exactly that address, ``127.0.0.1`` for the names), else
+all interfaces (``0.0.0.0``): other hosts must reach it, and the name may
+resolve to an address this host does not own (NAT) or, through
+``/etc/hosts``, to 127.0.1.1. The router port must be firewalled from the
+public either way.
+
+``placeholder_app`` is the WSGI app gunicorn loads
+(``connnode.connection.worker:placeholder_app``); it is replaced before the
+first request and answers 503 only if these hooks are not installed.
+"""
+import ipaddress
+import logging
+import os
+import resource
+import sys
+
+log = logging.getLogger(__name__)
+
+HANDLER_PATH = "connnode.connection.websocket.ConnectionHandler"
+ROUTER_BACKLOG = 1024
+NOFILE_CEILING = 1 << 20
+
+
+# -- master side ---------------------------------------------------------------
+
+class SlotAllocator:
+    """Worker slots: each owner (a gunicorn worker object, compared by
+    identity) holds one small integer; a new owner gets the lowest free one."""
+
+    def __init__(self):
+        self._slots = {}  # id(owner) -> (owner, slot)
+
+    def allocate(self, owner):
+        held = self._slots.get(id(owner))
+        if held is not None:
+            return held[1]
+        used = {slot for _, slot in self._slots.values()}
+        slot = 0
+        while slot in used:
+            slot += 1
+        self._slots[id(owner)] = (owner, slot)
+        return slot
+
+    def release(self, owner):
+        """Free the owner's slot; the slot, or None if it held none."""
+        held = self._slots.pop(id(owner), None)
+        return None if held is None else held[1]
+
+    def retain(self, live_owners):
+        """Forget every owner not in ``live_owners``; the freed slots."""
+        live = {id(owner) for owner in live_owners}
+        gone = [key for key in self._slots if key not in live]
+        return sorted(self._slots.pop(key)[1] for key in gone)
+
+    def slot_of(self, owner):
+        held = self._slots.get(id(owner))
+        return None if held is None else held[1]
+
+    def in_use(self):
+        return sorted(slot for _, slot in self._slots.values())
+
+    def __len__(self):
+        return len(self._slots)
+
+
+def slots_of(server):
+    """The arbiter's slot table (created on first use; kept across reloads)."""
+    allocator = getattr(server, "connnode_slots", None)
+    if allocator is None:
+        allocator = server.connnode_slots = SlotAllocator()
+    return allocator
+
+
+def raise_nofile_limit(ceiling=NOFILE_CEILING):
+    """Raise the soft RLIMIT_NOFILE toward the hard limit (one descriptor per
+    WebSocket). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, ceiling) if hard != resource.RLIM_INFINITY else ceiling
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %s to %s: %s", soft, target, exc)
+    return soft
+
+
+def on_starting(server):
+    from connnode.logs import setup_logging
+    setup_logging(os.environ.get("CONNNODE_LOG_LEVEL", "INFO"), stream=sys.stderr)
+    limit = raise_nofile_limit()
+    server.log.info("connnode: RLIMIT_NOFILE soft limit %s", limit)
+
+
+def pre_fork(server, worker):
+    allocator = slots_of(server)
+    allocator.retain(server.WORKERS.values())
+    worker.connnode_slot = allocator.allocate(worker)
+
+
+def child_exit(server, worker):
+    slots_of(server).release(worker)
+
+
+def worker_exit(server, worker):
+    if os.getpid() == server.pid:
+        # Master: gunicorn found the worker already gone (kill_worker, ESRCH)
+        # and will not call child_exit for it.
+        slots_of(server).release(worker)
+        return
+    # Child, on its way out (its run loop has returned): let a started node
+    # shutdown finish its saves, then stop answering on the router port.
+    watcher = getattr(worker, "connnode_shutdown", None)
+    if watcher is not None and not worker.alive:
+        watcher.join(timeout=float(worker.cfg.graceful_timeout))
+    router = getattr(worker, "connnode_router_server", None)
+    if router is not None:
+        router.close()
+
+
+# -- worker side -----------------------------------------------------------------
+
+def router_bind_host(router_hostname):
+    """The address the private router listener binds (see module docstring)."""
+    name = (router_hostname or "").strip().rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return "0.0.0.0"
+    if address.is_loopback:
+        return str(address)
+    return "::" if address.version == 6 else "0.0.0.0"
+
+
+def is_loopback_host(host):
+    name = (host or "").strip().lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def router_listener(host, port, backlog=ROUTER_BACKLOG):
+    """A listening gevent socket with SO_REUSEADDR and TCP_NODELAY (Linux
+    copies TCP_NODELAY to accepted sockets; RouterServer sets it again per
+    connection for kernels that do not)."""
+    from gevent import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def make_router_server(listener, app, server_name, error_log=None):
+    """A pywsgi server for the router app: no access log (not even the
+    formatting of one), TCP_NODELAY on every connection."""
+    from gevent import pywsgi, socket
+
+    class QuietHandler(pywsgi.WSGIHandler):
+        def log_request(self):
+            pass
+
+    class RouterServer(pywsgi.WSGIServer):
+        handler_class = QuietHandler
+
+        def handle(self, sock, address):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            super().handle(sock, address)
+
+    # SERVER_NAME given, so pywsgi does not reverse-resolve the bind address.
+    return RouterServer(listener, app, log=None,
+                        error_log=error_log or logging.getLogger("connnode.router"),
+                        environ={"SERVER_NAME": server_name})
+
+
+def configure_handler(handler, settings, node=None):
+    """Set ConnectionHandler's per-worker class attributes."""
+    from connnode.connection import websocket
+
+    handler.max_connections = settings.max_connections
+    handler.open_handshake_timeout = settings.open_handshake_timeout
+    counter = getattr(websocket, "open_websockets", None)
+    if counter is None and node is not None:
+        counter = lambda: node.connections  # noqa: E731
+    if counter is not None:
+        handler.current_connections = staticmethod(counter)
+    return handler
+
+
+def start_backdoor(settings, slot, node, worker):
+    if settings.backdoor_port is None:
+        return None
+    if not is_loopback_host(settings.backdoor_host):
+        raise RuntimeError(f"backdoor_host {settings.backdoor_host!r} is not a loopback "
+                           "address; refusing to start the backdoor")
+    from gevent.backdoor import BackdoorServer
+
+    port = settings.backdoor_port + slot
+    server = BackdoorServer((settings.backdoor_host, port),
+                            locals={"node": node, "worker": worker, "settings": settings})
+    server.start()
+    return server
+
+
+def post_worker_init(worker):
+    """Build and start this worker's node (runs in the child, patched)."""
+    import gevent
+
+    from connnode.connection.node import build_node
+    from connnode.connection.websocket import ConnectionHandler
+    from connnode.settings import Settings
+
+    settings = Settings.load()
+    slot = worker.connnode_slot
+    port = settings.router_port + slot
+    if port > 65535:
+        raise RuntimeError(f"router port {port} (router_port {settings.router_port} + slot "
+                           f"{slot}) is not a TCP port")
+    node = build_node(settings, port)
+    host = router_bind_host(settings.router_hostname)
+    try:
+        listener = router_listener(host, port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on router port {host}:{port}: {exc}") from exc
+    router = make_router_server(listener, node.router_app, settings.router_hostname)
+    router.start()
+    worker.connnode_node = node
+    worker.connnode_router_server = router
+    worker.wsgi_handler = configure_handler(ConnectionHandler, settings, node)
+    worker.wsgi = node.public_app
+    node.start()
+    worker.connnode_backdoor = start_backdoor(settings, slot, node, worker)
+    if hasattr(node, "shutdown"):
+        worker.connnode_shutdown = gevent.spawn(_shutdown_when_stopping, worker, node)
+    worker.log.info("connnode worker slot %d: router %s listening on %s:%d",
+                    slot, settings.router_url_for(port), host, port)
+
+
+def _shutdown_when_stopping(worker, node, poll=0.5):
+    """Once gunicorn clears ``worker.alive`` (SIGTERM, max_requests), close
+    the clients with 1001 within the graceful timeout; the worker's run loop
+    then sees its connection pool empty and returns, and ``worker_exit``
+    waits for this greenlet (the saves) before the process ends."""
+    import gevent
+
+    while worker.alive:
+        gevent.sleep(poll)
+    timeout = max(1.0, float(worker.cfg.graceful_timeout) - 2.0)
+    try:
+        node.shutdown(timeout)
+    except Exception:
+        log.exception("node shutdown failed")
+
+
+def placeholder_app(environ, start_response):
+    """The app gunicorn loads; post_worker_init replaces it with the node's
+    public app before the worker serves anything."""
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"connection node not started (gunicorn hooks missing?)"]

@@ -1,0 +1,202 @@
+"""Real processes and real clients for integration tests: gunicorn connection
+nodes on free ports, and a WebSocket client that speaks like Firefox."""
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import simplejson as json
+import websocket
+
+from connnode.embedded import free_port
+from tests.conftest import TEST_CRYPTO_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def free_port_block(count):
+    """``count`` consecutive free ports (for per-worker router ports)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count >= 65535:
+            continue
+        sockets = []
+        try:
+            for offset in range(count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", base + offset))
+                sockets.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
+def wait_http(url, timeout=START_TIMEOUT, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class ConnectionNode:
+    """A gunicorn connection node (``gunicorn.conf.py``) as a child process."""
+
+    def __init__(self, dynalite, tables, workers=1, log_path=None, **options):
+        self.workers = workers
+        self.port = free_port()
+        self.router_port = free_port_block(2 * workers)
+        self.env = dict(os.environ)
+        self.env.update({
+            "WEB_CONCURRENCY": str(workers),
+            "CONNNODE_AWS_DDB_ENDPOINT": dynalite.endpoint,
+            "CONNNODE_ROUTER_TABLENAME": tables["router"],
+            "CONNNODE_MESSAGE_TABLENAME": tables["message"],
+            "CONNNODE_CRYPTO_KEY": TEST_CRYPTO_KEY,
+            "CONNNODE_HOSTNAME": "127.0.0.1",
+            "CONNNODE_PORT": str(self.port),
+            "CONNNODE_ROUTER_PORT": str(self.router_port),
+            "CONNNODE_STATSD_HOST": "",
+            "CONNNODE_ENDPOINT_URL": "http://127.0.0.1:8082",
+        })
+        for name, value in options.items():
+            self.env[f"CONNNODE_{name.upper()}"] = str(value)
+        self.log_path = log_path
+        self.process = None
+
+    @property
+    def ws_url(self):
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def router_url(self, slot=0):
+        return f"http://127.0.0.1:{self.router_port + slot}"
+
+    def start(self):
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
+            cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        wait_http(f"http://127.0.0.1:{self.port}/__lbheartbeat__", process=self.process)
+        for slot in range(self.workers):
+            wait_http(f"{self.router_url(slot)}/__lbheartbeat__", process=self.process)
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def kill(self):
+        """SIGKILL the whole process group: a node that vanished."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+
+class PushClient:
+    """A WebSocket client acting as the browser."""
+
+    def __init__(self, url, timeout=5.0, subprotocols=("push-notification",)):
+        self.ws = websocket.create_connection(url, timeout=timeout,
+                                              subprotocols=list(subprotocols or []) or None)
+        self.uaid = None
+
+    def send(self, message):
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout=5.0):
+        """The next text frame as JSON; raises on close or timeout."""
+        self.ws.settimeout(timeout)
+        opcode, data = self.ws.recv_data(control_frame=False)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise ConnectionError(f"closed with {close_code(data)}")
+        return json.loads(data)
+
+    def expect_close(self, timeout=5.0):
+        """Read until the server's close frame; its status code (None if the
+        connection dropped without one)."""
+        self.ws.settimeout(timeout)
+        try:
+            while True:
+                frame = self.ws.recv_frame()
+                if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                    return close_code(frame.data)
+        except websocket.WebSocketConnectionClosedException:
+            return None
+        except ConnectionResetError:
+            return None
+
+    def hello(self, uaid=None, **extra):
+        message = {"messageType": "hello", "use_webpush": True, "broadcasts": {}, **extra}
+        if uaid:
+            message["uaid"] = uaid
+        self.send(message)
+        reply = self.recv()
+        assert reply["messageType"] == "hello", reply
+        self.uaid = reply.get("uaid")
+        return reply
+
+    def register(self, chid=None, key=None):
+        chid = chid or str(uuid.uuid4())
+        message = {"messageType": "register", "channelID": chid}
+        if key is not None:
+            message["key"] = key
+        self.send(message)
+        reply = self.recv()
+        assert reply["messageType"] == "register", reply
+        return reply
+
+    def ack(self, *notifications):
+        self.send({"messageType": "ack", "updates": [
+            {"channelID": n["channelID"], "version": n["version"], "code": 100}
+            for n in notifications]})
+
+    def close(self):
+        try:
+            self.ws.close(timeout=1)
+        except Exception:  # noqa: BLE001 - the socket may already be gone
+            pass
+
+
+def close_code(data):
+    if len(data) >= 2:
+        return struct.unpack("!H", data[:2])[0]
+    return None
+
+
+def push_body(crypto, uaid, chid, ttl=60, topic=None, data="aGVsbG8", timestamp=None):
+    """A PUT /push body as the endpoint builds it (PROTOCOL.md 3.2)."""
+    skt = None if topic else int(time.time() * 1_000_000)
+    body = {"channelID": chid, "version": crypto.message_id(uaid, chid, topic=topic,
+                                                             sortkey_timestamp=skt),
+            "ttl": ttl, "topic": topic, "timestamp": timestamp or int(time.time()),
+            "sortkey_timestamp": skt}
+    if data:
+        body["data"] = data
+        body["headers"] = {"encoding": "aes128gcm"}
+    return body
