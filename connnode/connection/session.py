@@ -368,13 +368,14 @@ class Session:
 
     # -- stored delivery (8.2, 8.3) ----------------------------------------------
     def request_check(self):
-        """PUT /notif: 200 when a check started, 202 when only flagged."""
-        if self.state != READY or self.transport.busy:
+        """PUT /notif: 200 when a check started; 202 when it was only flagged
+        because the holder is pending, busy, or has a batch outstanding (the
+        connection-node issue asks for 202 there; the check runs once it is acked)."""
+        if self.state != READY or self.transport.busy or self.batch:
             self.recheck = True
             if self.state == READY:
                 self.start_check()
             return 202
-        self.node.metrics.increment("ua.notification_check")
         self.start_check()
         return 200
 

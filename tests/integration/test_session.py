@@ -292,6 +292,22 @@ def test_register_overloaded_keeps_connection(node):
     assert transport.close_code is None
 
 
+def test_register_storage_error_500_keeps_connection(node):
+    session, transport = connect(node)
+    hello(session, transport)
+
+    class BrokenTable:
+        def register_channel(self, uaid, chid):
+            from connnode.db.dynamo import StorageError
+            raise StorageError("table gone")
+    session.table = BrokenTable()
+    chid = str(uuid.uuid4())
+    session.on_text(json.dumps({"messageType": "register", "channelID": chid}))
+    assert transport.sent[-1] == {"messageType": "register", "channelID": chid, "status": 500,
+                                  "reason": "An unexpected server error occurred"}
+    assert transport.close_code is None
+
+
 def test_register_errors_keep_connection(node):
     session, transport = connect(node)
     hello(session, transport)
