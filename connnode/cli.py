@@ -6,9 +6,7 @@
 """
 import argparse
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 from connnode.settings import Settings, SettingsError
@@ -21,8 +19,11 @@ def _storage(settings):
 
 def cmd_create_tables(settings, args):
     storage = _storage(settings)
-    storage.create_tables()
+    storage.wait_ready(args.wait)
     print(f"tables ready: {settings.router_tablename}, " + ", ".join(sorted(storage.rotation.valid)))
+    if args.preflight:
+        storage.preflight()
+        print("preflight OK")
 
 
 def cmd_rotate(settings, args):
@@ -73,37 +74,41 @@ def ensure_crypto_key(settings):
 
 
 def cmd_run(settings, args):
-    from connnode.embedded import Dynalite
+    """Run the whole service on this machine under supervisord (foreground)."""
+    import shutil
 
+    from connnode.embedded import PROJECT_ROOT
+
+    run_dir = Path(settings.data_dir).resolve()
+    (run_dir / "log").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["CONNNODE_CRYPTO_KEY"] = ensure_crypto_key(settings)
-    dynalite = None
-    if not settings.aws_ddb_endpoint:
-        data_path = Path(settings.data_dir).resolve() / "ddb"
-        dynalite = Dynalite(settings.embedded_ddb_port, data_path).start()
-        env["CONNNODE_AWS_DDB_ENDPOINT"] = dynalite.endpoint
-        print(f"dynalite: {dynalite.endpoint} (data in {data_path})", flush=True)
-    else:
-        print(f"DynamoDB: {settings.aws_ddb_endpoint} (no embedded dynalite)", flush=True)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    try:
-        run_settings = Settings.load(env)
-        storage = _storage(run_settings)
-        storage.create_tables()
-        storage.preflight()
-        print(f"tables ready: {run_settings.router_tablename}, "
-              + ", ".join(sorted(storage.rotation.valid)), flush=True)
-        print("the connection and endpoint nodes are not built yet (issues 3 and 4): "
-              "serving DynamoDB only. Stop with Ctrl-C.", flush=True)
-        while not stopping:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if dynalite:
-            dynalite.stop()
-        print("stopped", flush=True)
+    embedded = not settings.aws_ddb_endpoint
+    if embedded:
+        env["CONNNODE_AWS_DDB_ENDPOINT"] = f"http://127.0.0.1:{settings.embedded_ddb_port}"
+    bin_dir = Path(sys.executable).parent
+    env.update({
+        "CONNNODE_DATA_DIR": str(run_dir),
+        "CONNNODE_RUN_DIR": str(run_dir),
+        "CONNNODE_RUN_BIN": str(bin_dir),
+        "CONNNODE_RUN_ROOT": str(PROJECT_ROOT),
+        "CONNNODE_RUN_EMBEDDED": "true" if embedded else "false",
+        "CONNNODE_RUN_ENDPOINT": "true" if (PROJECT_ROOT / "conf" / "endpoint.gunicorn.conf.py").exists()
+                                 else "false",
+    })
+    workers = int(env.get("WEB_CONCURRENCY", "1"))
+    routers = ", ".join(settings.router_url_for(settings.router_port + slot) for slot in range(workers))
+    print(f"""connnode on this machine (supervisord, config conf/supervisord.conf)
+  WebSocket (browsers):  ws://{settings.hostname}:{settings.port}/
+  endpoint (WebPush API): {settings.endpoint_url}
+  router ports (private): {routers}
+  DynamoDB:              {env["CONNNODE_AWS_DDB_ENDPOINT"] if embedded else settings.aws_ddb_endpoint}"""
+          f"""{" (embedded dynalite, data in " + str(run_dir / "ddb") + ")" if embedded else ""}
+  logs:                  {run_dir / "log"}/*.log
+Stop with Ctrl-C (or SIGTERM to this process): everything stops, nodes first.""", flush=True)
+    supervisord = shutil.which("supervisord", path=str(bin_dir)) or "supervisord"
+    os.execve(supervisord, [supervisord, "-n", "-c", str(PROJECT_ROOT / "conf" / "supervisord.conf")],
+              env)
 
 
 def build_parser():
@@ -111,8 +116,11 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     db = sub.add_parser("db", help="storage maintenance").add_subparsers(dest="db_command",
                                                                           required=True)
-    db.add_parser("create-tables", help="create the router and message tables").set_defaults(
-        func=cmd_create_tables)
+    create = db.add_parser("create-tables", help="create the router and message tables")
+    create.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="retry this long while DynamoDB is not reachable")
+    create.add_argument("--preflight", action="store_true", help="then run the preflight check")
+    create.set_defaults(func=cmd_create_tables)
     db.add_parser("rotate", help="one pass of the monthly rotation (7.2)").set_defaults(
         func=cmd_rotate)
     db.add_parser("preflight", help="exercise every storage write (6.6)").set_defaults(

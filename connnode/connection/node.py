@@ -122,7 +122,7 @@ def build_node(settings, router_port):
     from connnode.nodeclient import NodeClient
 
     storage = Storage(settings)
-    storage.create_tables()
+    storage.wait_ready()
     node = Node(settings, storage, Metrics.from_settings(settings), NodeClient(settings),
                 settings.router_url_for(router_port))
     node.router_app = create_router_app(node)

@@ -50,6 +50,19 @@ class Storage:
             self.settings.router_read_throughput, self.settings.router_write_throughput))
         self.rotation.check(now)
 
+    def wait_ready(self, timeout=60.0, now=None):
+        """``create_tables``, retried while DynamoDB is not reachable yet (a
+        node started beside the embedded dynalite may come up first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.create_tables(now)
+            except StorageError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("DynamoDB not ready (%s); retrying", exc)
+                time.sleep(0.5)
+
     def preflight(self):
         """Exercise every kind of write once with a throw-away uaid (6.6);
         raises StorageError on the first failure."""
