@@ -34,6 +34,10 @@ HELLO_OVERLOAD_WAIT = (4, 8)
 CHECK_RETRY_WAIT = (5, 60)
 MOVE_RETRY_WAIT = (1, 1800)
 BUSY_RETRY = 1
+# Outstanding (unacked) direct messages a connection may hold in memory. A
+# client that stops acking is "busy" beyond this: PUT /push answers 503 and
+# the endpoint stores the message instead, so memory per client stays bounded.
+MAX_OUTSTANDING_DIRECT = 100
 
 
 def ms_time():
@@ -97,7 +101,8 @@ class Session:
     # -- small helpers ---------------------------------------------------------
     @property
     def busy(self):
-        return self.transport.busy
+        """Too much unsent output, or too many unacked direct messages (3.1)."""
+        return self.transport.busy or len(self.direct) >= MAX_OUTSTANDING_DIRECT
 
     @property
     def closing(self):
@@ -371,7 +376,7 @@ class Session:
         """PUT /notif: 200 when a check started; 202 when it was only flagged
         because the holder is pending, busy, or has a batch outstanding (the
         connection-node issue asks for 202 there; the check runs once it is acked)."""
-        if self.state != READY or self.transport.busy or self.batch:
+        if self.state != READY or self.busy or self.batch:
             self.recheck = True
             if self.state == READY:
                 self.start_check()
@@ -382,7 +387,7 @@ class Session:
     def start_check(self):
         if self.state >= CLOSING:
             return
-        if self.transport.busy:
+        if self.busy:
             self._later(BUSY_RETRY, self.start_check)
             return
         if self.batch:
@@ -428,7 +433,7 @@ class Session:
                 return
             if self.state >= CLOSING or generation != self.drain_generation:
                 return
-            if self.transport.busy:
+            if self.busy:
                 self._later(BUSY_RETRY, self.start_check)
                 return
             if cursor is not None:

@@ -411,6 +411,20 @@ def test_direct_delivery_and_save_on_close(node):
     assert [item.version for item in items] == [message.version]  # TTL 0 never stored
 
 
+def test_unacked_direct_messages_are_bounded(node):
+    session, transport = connect(node)
+    uaid = hello(session, transport)["uaid"]
+    chid = str(uuid.uuid4())
+    for n in range(session_module.MAX_OUTSTANDING_DIRECT):
+        assert not session.busy
+        session.deliver_direct(Notification(uaid, chid, f"v{n}", 60, int(time.time()),
+                                            sortkey_timestamp=n + 1))
+    assert session.busy  # the router answers 503 and the endpoint stores instead
+    session.on_text(json.dumps({"messageType": "ack", "updates": [
+        {"channelID": chid, "version": "v0"}]}))
+    assert not session.busy
+
+
 def test_direct_message_queued_behind_hello_reply(node):
     session, transport = connect(node)
     original = node.storage.router.register_user
