@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         "gevent", "gevent-websocket", "Flask", "gunicorn", "boto3", "simplejson",
-        "statsd", "cryptography", "urllib3",
+        "statsd", "cryptography", "urllib3", "ua-parser", "supervisor",
     ],
     entry_points={"console_scripts": ["connnode = connnode.cli:main"]},
 )

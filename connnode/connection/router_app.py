@@ -19,9 +19,9 @@ OPTIONS answers).
 PUT /push is the hot path of direct delivery: the views do the least Flask
 allows (no hooks, no sessions, no JSON helpers; ``get_data`` + simplejson).
 
-Metrics: this app counts ``ua.notification_check`` (a PUT /notif answered
-200). ``ua.notification.topic`` is left to the session, which counts every
-topic notification it sends, direct or stored.
+Metrics are the session's (it tags them with the connection's user agent):
+``ua.notification_check`` when a PUT /notif starts a check, and
+``ua.notification.topic`` for every topic notification it sends.
 """
 import re
 
@@ -90,8 +90,6 @@ def create_router_app(node):
         if session is None:
             return text(NOT_CONNECTED, 404)
         status = 200 if session.request_check() == 200 else 202
-        if status == 200:
-            node.metrics.increment("ua.notification_check")
         return text(CHECK_BODIES[status], status)
 
     def terminate(uaid, connected_at):

@@ -22,6 +22,7 @@ from gevent.event import Event
 from connnode import protocol
 from connnode.db.dynamo import StorageError, ThroughputError
 from connnode.db.router import fresh_last_connect
+from connnode.useragent import connection_tags
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ class Session:
             self.stats = {}
         self.stats[name] = self.stats.get(name, 0) + amount
 
+    def _metric(self, name, count=1, tags=None):
+        """A connection metric, with the user-agent and host tags (10)."""
+        base = connection_tags(self.user_agent, self.host)
+        self.node.metrics.increment(name, count, {**base, **tags} if tags else base)
+
     def _send(self, text):
         if self.state < CLOSING:
             self.transport.send(text)
@@ -190,7 +196,7 @@ class Session:
         self.state = READY
         self._send(protocol.hello_reply(self.uaid, node.settings.auto_ping_interval,
                                         node.settings.env))
-        node.metrics.increment("ua.command.hello")
+        self._metric("ua.command.hello")
         queued, self.queued = self.queued, None
         for notification in queued or ():
             self._send_direct_frame(notification)
@@ -228,7 +234,7 @@ class Session:
                     record_version=1, current_month=storage.rotation.current)
 
     def _drop_unusable(self, uaid, code):
-        self.node.metrics.increment("ua.expiration", tags={"code": code})
+        self._metric("ua.expiration", tags={"code": code})
         gevent.spawn(retry_forever, self.node.storage.router.drop_user, uaid)
 
     def _already_connected(self):
@@ -258,7 +264,7 @@ class Session:
             self._send(protocol.register_error(chid))
             return
         self._send(protocol.register_reply(chid, endpoint))
-        self.node.metrics.increment("ua.command.register")
+        self._metric("ua.command.register")
         self._count("registers")
 
     def _on_unregister(self, unregister):
@@ -268,7 +274,7 @@ class Session:
         chid = unregister.chid
         if unregister.code is not None:
             log.info("unregister", extra={"fields": {"code": unregister.code}})
-        self.node.metrics.increment("ua.command.unregister")
+        self._metric("ua.command.unregister")
         self._count("unregisters")
         for key in [key for key in self.direct if key[0] == chid]:
             del self.direct[key]
@@ -282,7 +288,7 @@ class Session:
     def _on_ack(self, ack):
         if not ack.nonempty:
             return
-        self.node.metrics.increment("ua.command.ack")
+        self._metric("ua.command.ack")
         self._acknowledge(ack.updates)
 
     def _acknowledge(self, updates):
@@ -322,7 +328,7 @@ class Session:
     def _on_nack(self, nack):
         if nack.version is None:
             return
-        self.node.metrics.increment("ua.command.nack", tags={"code": nack.code})
+        self._metric("ua.command.nack", tags={"code": nack.code})
         self._count("nacks")
 
     def _on_ping(self, _ping):
@@ -368,7 +374,7 @@ class Session:
         if not self.transport.send(notification.frame()):
             return False
         if notification.topic is not None:
-            self.node.metrics.increment("ua.notification.topic")
+            self._metric("ua.notification.topic")
         return True
 
     # -- stored delivery (8.2, 8.3) ----------------------------------------------
@@ -381,6 +387,7 @@ class Session:
             if self.state == READY:
                 self.start_check()
             return 202
+        self._metric("ua.notification_check")
         self.start_check()
         return 200
 
@@ -473,9 +480,9 @@ class Session:
             self.batch[(item.chid, item.version)] = item
             self._send(item.frame())
             self._count("stored_retrieved")
-            node.metrics.increment("ua.message_data", len(item.data or ""), tags={"source": "Stored"})
+            self._metric("ua.message_data", len(item.data or ""), {"source": "Stored"})
             if item.topic is not None:
-                node.metrics.increment("ua.notification.topic")
+                self._metric("ua.notification.topic")
             sent = True
         self.batch_phase = self.phase
         if not sent:
@@ -578,7 +585,8 @@ class Session:
             self.paused.set()
         if self.said_hello:
             lifespan = max(0.0, time.time() - self.connected_at / 1000)
-            node.metrics.timing("ua.connection.lifespan", lifespan)
+            node.metrics.timing("ua.connection.lifespan", lifespan,
+                                connection_tags(self.user_agent, self.host))
         now = time.time()
         saving = [n for n in self.direct.values() if n.ttl and not n.expired(now)]
         self.direct = {}
