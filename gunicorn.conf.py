@@ -17,6 +17,7 @@ No ``preload_app``: boto3 must be imported after monkey patching, in the worker.
 import os
 
 from connnode.connection import worker as _connnode_worker
+from connnode.logs import gunicorn_logconfig
 from connnode.settings import Settings
 
 _settings = Settings.load()
@@ -38,6 +39,8 @@ graceful_timeout = 30
 # The master restarts a worker whose hub has not run for this long.
 timeout = 60
 accesslog = None
+# One JSON object per line on stdout, gunicorn's own lines included.
+logconfig_dict = gunicorn_logconfig(os.environ.get("CONNNODE_LOG_LEVEL", "INFO"))
 proc_name = "connnode-connection"
 # gunicorn >= 25 opens a control socket at one per-user default path
 # ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl): a second gunicorn master on

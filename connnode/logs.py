@@ -33,3 +33,26 @@ def setup_logging(level="INFO", stream=None):
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def gunicorn_logconfig(level="INFO"):
+    """gunicorn's ``logconfig_dict``: its own lines (gunicorn.error) and ours
+    as JSON on stdout; per-request access lines off (a push service would
+    write thousands a second)."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+    quiet = {"level": "WARNING", "handlers": [], "propagate": True}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "connnode.logs.JsonFormatter"}},
+        "handlers": {"console": handler, "error_console": handler},
+        "root": {"level": level, "handlers": ["console"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": quiet,
+            "geventwebsocket.handler": quiet,
+            "botocore": quiet,
+            "boto3": quiet,
+            "urllib3": quiet,
+        },
+    }

@@ -17,6 +17,7 @@ from connnode.connection.session import Session
 from connnode.connection.timers import Timers
 from connnode.crypto import hash_uaid
 from connnode.nodeclient import NodeConnectionError
+from connnode.useragent import families
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("connnode.connection.summary")
@@ -72,9 +73,11 @@ class Node:
         """Count the connection out and log its summary line (2.16 step 3)."""
         self.connections -= 1
         stats = session.stats or {}
+        os_family, browser_family = families(session.user_agent)
         summary_log.info("connection closed", extra={"fields": {
             "uaid_hash": self.log_uaid(session.uaid),
-            "user_agent": session.user_agent,
+            "ua_os_family": os_family,
+            "ua_browser_family": browser_family,
             "lifespan": round(time.time() - session.connected_at / 1000, 3),
             "registers": stats.get("registers", 0),
             "unregisters": stats.get("unregisters", 0),

@@ -125,8 +125,6 @@ def raise_nofile_limit(ceiling=NOFILE_CEILING):
 
 
 def on_starting(server):
-    from connnode.logs import setup_logging
-    setup_logging(os.environ.get("CONNNODE_LOG_LEVEL", "INFO"), stream=sys.stderr)
     limit = raise_nofile_limit()
     server.log.info("connnode: RLIMIT_NOFILE soft limit %s", limit)
 
