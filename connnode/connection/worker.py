@@ -125,6 +125,12 @@ def raise_nofile_limit(ceiling=NOFILE_CEILING):
 
 
 def on_starting(server):
+    from connnode.settings import Settings
+
+    settings = Settings.load()
+    if settings.backdoor_port is not None and not is_loopback_host(settings.backdoor_host):
+        raise SystemExit(f"connnode: backdoor_host {settings.backdoor_host!r} is not a loopback "
+                         "address; refusing to start (the backdoor is a Python shell)")
     limit = raise_nofile_limit()
     server.log.info("connnode: RLIMIT_NOFILE soft limit %s", limit)
 
@@ -248,8 +254,9 @@ def start_backdoor(settings, slot, node, worker):
     from gevent.backdoor import BackdoorServer
 
     port = settings.backdoor_port + slot
-    server = BackdoorServer((settings.backdoor_host, port),
-                            locals={"node": node, "worker": worker, "settings": settings})
+    server = BackdoorServer((settings.backdoor_host, port), locals={
+        "node": node, "registry": node.registry, "settings": settings, "db": node.storage,
+        "metrics": node.metrics, "worker": worker})
     server.start()
     return server
 

@@ -37,16 +37,16 @@ class ConditionFailed(StorageError):
     """A ConditionExpression did not hold."""
 
 
-def make_client(settings):
+def make_client(settings, max_attempts=3, connect_timeout=5, read_timeout=10, pool=None):
     """One client per process; its pool is sized to the process's concurrency."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        max_pool_connections=settings.ddb_max_pool_connections,
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=10,
+        max_pool_connections=pool or settings.ddb_max_pool_connections,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
     )
     kwargs = {"region_name": settings.aws_region, "config": config}
     if settings.aws_ddb_endpoint:

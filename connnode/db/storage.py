@@ -23,6 +23,7 @@ class Storage:
     def __init__(self, settings, dynamo=None, crypto=None):
         self.settings = settings
         self.dynamo = dynamo or Dynamo(make_client(settings))
+        self._health_dynamo = dynamo  # an injected double answers health too
         self.crypto = crypto or TokenCrypto(settings.crypto_keys)
         self.router = RouterTable(self.dynamo, settings.router_tablename,
                                   settings.key_hash, settings.max_ttl)
@@ -89,11 +90,16 @@ class Storage:
 
     def health(self):
         """(healthy, {"router": {...}, "storage": {...}}) for /health (4.11)."""
+        if self._health_dynamo is None:
+            # A client of its own with one quick attempt: /health answers
+            # within about 2 s when DynamoDB hangs, not after the data path's retries.
+            self._health_dynamo = Dynamo(make_client(
+                self.settings, max_attempts=1, connect_timeout=1, read_timeout=1, pool=2))
         report = {}
         for key, name in (("router", self.settings.router_tablename),
                           ("storage", self.rotation.current)):
             try:
-                status = self.dynamo.table_status(name)
+                status = self._health_dynamo.table_status(name)
                 if status in HEALTHY_STATUSES:
                     report[key] = {"status": "OK"}
                 else:
