@@ -1,0 +1,330 @@
+"""The endpoint node's public WebPush API (PROTOCOL.md section 4) as a Flask app.
+
+    POST    /wpush/v1/{token}, /wpush/{token}   unrestricted subscription
+    POST    /wpush/v2/{token}                   key-bound subscription (VAPID required)
+    DELETE  /m/{message_id}                     delete a stored message (4.10)
+    OPTIONS /wpush/..., /m/...                  CORS preflight
+    GET     /status /health /__heartbeat__ /__lbheartbeat__ /__version__ (4.11)
+
+``create_endpoint_app(storage, metrics, node_client, settings)`` builds it.
+``storage`` is a ``connnode.db.storage.Storage`` (its ``crypto`` reads
+tokens and mints message ids), ``metrics`` a ``connnode.metrics`` client,
+``node_client`` a ``connnode.nodeclient.NodeClient``.
+
+POST checks run in the order of 4.6; the first failure is answered. Every
+error, including Flask's own 404/405 and unexpected exceptions (500/999),
+gets the JSON body of 4.3 with its status's extra headers, and every response
+gets the headers of 4.2 (STS, CORS). The body is read through a bound of
+``max_data_bytes + 1`` bytes, so an unbounded (chunked) body is never
+buffered; a ``Content-Length`` above the limit is refused without reading.
+
+Decisions where PROTOCOL.md is silent:
+
+* Everything under ``/wpush/`` that is not ``{token}``, ``v1/{token}`` or
+  ``v2/{token}`` (``v3/...``, extra segments, an empty token) is 404/102.
+  ``/wpush`` and ``/wpush/`` are unknown paths (404, errno null).
+* CORS headers go on every response when ``cors`` is on;
+  ``Access-Control-Allow-Methods`` only on ``/wpush/...`` (POST) and
+  ``/m/...`` (DELETE) paths.
+* A router record whose ``router_type`` is present but neither ``webpush``
+  nor ``simplepush`` is answered 410/106 without being dropped (4.6 drops
+  only records missing a field or naming an invalid month).
+* A ``drop_user`` failure at step 10 is a storage error of that step
+  (503/201 or 503/202), as 4.6 says for steps 9-12.
+* ``updates.notification.encoding.<encoding>`` is counted when a message with
+  a body is answered 201. ``notification.message.error`` is counted for
+  errors of POST /wpush only; ``vapid:True`` once a VAPID token was verified.
+* Werkzeug's own 413 (if a server or config ever raises it) is errno 104.
+* DELETE of a topic id compares ``updateid`` with the id as Fernet printed it
+  (padding restored), so a client that stripped the ``=`` still deletes.
+"""
+import logging
+import time
+
+import simplejson as json
+from flask import Flask, request
+from flask.sessions import SessionInterface
+from werkzeug.exceptions import HTTPException
+
+from connnode.connection.status import status_routes
+from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
+from connnode.db.dynamo import StorageError, ThroughputError
+from connnode.encoding import b64url_encode
+from connnode.endpoint.errors import EndpointError, error_response
+from connnode.endpoint.headers import message_headers, parse_topic, parse_ttl
+from connnode.endpoint.routing import MessageRouter
+from connnode.endpoint.vapid import normalise_origin, parse_authorization, verify
+from connnode.notification import Notification
+
+log = logging.getLogger(__name__)
+
+ROUTER_TYPES = ("webpush", "simplepush")
+CORS_ALLOW_HEADERS = ("content-encoding,encryption,crypto-key,ttl,encryption-key,"
+                      "content-type,authorization,topic,urgency")
+CORS_EXPOSE_HEADERS = "location,www-authenticate"
+KEY_BOUND_VERSIONS = {"v1": False, "v2": True}
+
+
+class _NoSessions(SessionInterface):
+    """No cookie sessions: one shared null session instead of a per-request
+    attempt to open a cookie session."""
+
+    def __init__(self, app):
+        self.null_session = self.make_null_session(app)
+
+    def open_session(self, app, request):
+        return self.null_session
+
+    def save_session(self, app, session, response):
+        pass
+
+
+def read_body(stream, limit):
+    """At most ``limit + 1`` bytes of ``stream`` (enough to tell "too large")."""
+    chunks = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _pad(text):
+    return text + "=" * (-len(text) % 4)
+
+
+class _Request:
+    """What the POST handler learned so far (for the metrics of an error)."""
+
+    __slots__ = ("vapid",)
+
+    def __init__(self):
+        self.vapid = False
+
+
+class WebPushAPI:
+    """The views' logic; one per app, closed over its dependencies."""
+
+    def __init__(self, storage, metrics, node_client, settings):
+        self.storage = storage
+        self.crypto = storage.crypto
+        self.metrics = metrics
+        self.settings = settings
+        self.endpoint_url = settings.endpoint_url.rstrip("/")
+        self.expected_origin = normalise_origin(settings.endpoint_url)
+        self.max_data_bytes = settings.max_data_bytes
+        self.max_ttl = settings.max_ttl
+        self.router = MessageRouter(storage, node_client, metrics)
+
+    # -- POST /wpush (4.6) -------------------------------------------------
+    def post(self, rest):
+        start = time.monotonic()
+        state = _Request()
+        try:
+            notification, destination = self._post(rest, state)
+        except EndpointError as exc:
+            self._count_error(exc.status, state)
+            return exc.response()
+        except Exception:
+            log.exception("unexpected error in POST /wpush")
+            self._count_error(500, state)
+            return error_response(500, 999)
+        tags = {"destination": destination, "router": "webpush", "vapid": str(state.vapid)}
+        self.metrics.increment("notification.message.success", tags=tags)
+        if notification.data:
+            self.metrics.increment(
+                "updates.notification.encoding." + notification.headers["encoding"])
+        self.metrics.timing("notification.request_time", time.monotonic() - start)
+        return 201, {"Location": f"{self.endpoint_url}/m/{notification.version}",
+                     "TTL": str(notification.ttl)}, None
+
+    def _count_error(self, status, state):
+        self.metrics.increment("notification.message.error", tags={
+            "code": status, "router": "webpush", "vapid": str(state.vapid)})
+
+    def _post(self, rest, state):
+        # 1. route and API version
+        parts = rest.split("/")
+        if len(parts) == 1:
+            key_bound, token = False, parts[0]
+        elif len(parts) == 2 and parts[0] in KEY_BOUND_VERSIONS:
+            key_bound, token = KEY_BOUND_VERSIONS[parts[0]], parts[1]
+        else:
+            raise EndpointError(404, 102)
+        # 2. token
+        try:
+            uaid, chid, key_digest = self.crypto.parse_endpoint_token(token, key_bound)
+        except InvalidTokenError:
+            raise EndpointError(404, 102) from None
+        headers = request.headers
+        # 3. and 4. Authorization, VAPID
+        self._check_vapid(headers, key_bound, key_digest, state)
+        # 5. body size
+        body = self._read_body()
+        # 6.-8. message headers
+        ttl = parse_ttl(headers.get("TTL"), self.max_ttl)
+        topic = parse_topic(headers.get("Topic"))
+        forwarded = message_headers(headers, body)
+        # 9.-11. router record, channel
+        record = self._user_record(uaid, chid)
+        # 12. route
+        now = time.time()
+        skt = None if topic is not None else int(now * 1_000_000)
+        notification = Notification(
+            uaid, chid, self.crypto.message_id(uaid, chid, topic=topic, sortkey_timestamp=skt),
+            ttl, int(now), topic=topic, sortkey_timestamp=skt,
+            data=b64url_encode(body) if body else None, headers=forwarded)
+        destination = self.router.route(notification, record)
+        return notification, destination
+
+    def _check_vapid(self, headers, key_bound, key_digest, state):
+        authorization = headers.get("Authorization")
+        if authorization is None:
+            if key_bound:
+                raise EndpointError(401, 109, "Missing VAPID authorization")
+            return
+        credentials = parse_authorization(authorization, headers.get("Crypto-Key"))
+        self.metrics.increment("notification.auth", tags={
+            "vapid": credentials.version, "scheme": credentials.scheme})
+        verify(credentials, self.expected_origin, time.time(), key_digest=key_digest)
+        self.metrics.increment("updates.vapid.draft02" if credentials.version == 2
+                               else "updates.vapid.draft01")
+        state.vapid = True
+
+    def _read_body(self):
+        limit = self.max_data_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise EndpointError(413, 104)
+        body = read_body(request.stream, limit)
+        if len(body) > limit:
+            raise EndpointError(413, 104)
+        return body
+
+    def _user_record(self, uaid, chid):
+        """4.6 steps 9-11: the usable router record of a registered chid."""
+        try:
+            record = self.storage.router.get_uaid(uaid)
+            if record is None:
+                raise EndpointError(410, 103)
+            router_type = record.get("router_type")
+            if not router_type or not record.get("current_month"):
+                self._drop_user(uaid, 102)
+            if not self.storage.month_usable(record):
+                self._drop_user(uaid, 103)
+            if router_type not in ROUTER_TYPES:
+                raise EndpointError(410, 106)
+            _, chids = self.storage.message_table(record["current_month"]).all_channels(uaid)
+            if chid not in chids:
+                raise EndpointError(410, 106)
+            return record
+        except ThroughputError as exc:
+            log.warning("storage throttled: %s", exc)
+            raise EndpointError(503, 201) from None
+        except StorageError as exc:
+            log.error("storage error: %s", exc)
+            raise EndpointError(503, 202) from None
+
+    def _drop_user(self, uaid, errno):
+        self.storage.router.drop_user(uaid)
+        self.metrics.increment("updates.drop_user", tags={"errno": errno})
+        raise EndpointError(410, 106)
+
+    # -- DELETE /m (4.10) ---------------------------------------------------
+    def delete(self, message_id):
+        try:
+            parsed = self.crypto.parse_message_id(message_id)
+        except InvalidTokenError:
+            return error_response(400, None, "Invalid message id")
+        if parsed.kind == LEGACY_PREFIX:
+            return 204, {}, None
+        try:
+            record = self.storage.router.get_uaid(parsed.uaid)
+            if record is None or not self.storage.month_usable(record):
+                return 204, {}, None
+            table = self.storage.message_table(record["current_month"])
+            if parsed.kind == TOPIC_PREFIX:
+                table.delete_message(parsed.uaid, parsed.sort_key, updateid=_pad(message_id))
+            else:
+                table.delete_message(parsed.uaid, parsed.sort_key)
+        except ThroughputError as exc:
+            log.warning("storage throttled: %s", exc)
+            return error_response(503, 201)
+        except StorageError as exc:
+            log.error("storage error: %s", exc)
+            return error_response(503, 202)
+        return 204, {}, None
+
+
+def create_endpoint_app(storage, metrics, node_client, settings):
+    app = Flask("connnode.endpoint")
+    app.session_interface = _NoSessions(app)
+    api = WebPushAPI(storage, metrics, node_client, settings)
+    response_class = app.response_class
+
+    def respond(result):
+        status, headers, body = result
+        if body is None:
+            response = response_class(status=status, headers=headers)
+            if status in (201, 204):
+                del response.headers["Content-Type"]
+            return response
+        text = json.dumps(body, separators=(",", ":"))
+        return response_class(text, status, headers=headers)
+
+    def options_response():
+        return response_class(status=200)
+
+    def push(rest):
+        if request.method == "OPTIONS":
+            return options_response()
+        return respond(api.post(rest))
+
+    def delete_message(message_id):
+        if request.method == "OPTIONS":
+            return options_response()
+        return respond(api.delete(message_id))
+
+    app.add_url_rule("/wpush/<path:rest>", "push", push, methods=["POST", "OPTIONS"],
+                     provide_automatic_options=False)
+    app.add_url_rule("/m/<path:message_id>", "delete_message", delete_message,
+                     methods=["DELETE", "OPTIONS"], provide_automatic_options=False)
+    status_routes(app, storage.health)
+
+    sts = (f"max-age={settings.sts_max_age};includeSubDomains"
+           if settings.sts_max_age > 0 else None)
+    cors = settings.cors
+
+    @app.after_request
+    def common_headers(response):
+        headers = response.headers
+        if sts:
+            headers["Strict-Transport-Security"] = sts
+        if cors:
+            headers["Access-Control-Allow-Origin"] = "*"
+            path = request.path
+            if path.startswith("/wpush/"):
+                headers["Access-Control-Allow-Methods"] = "POST"
+            elif path.startswith("/m/"):
+                headers["Access-Control-Allow-Methods"] = "DELETE"
+            headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+            headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        status = exc.code or 500
+        response = respond(error_response(status, 104 if status == 413 else None))
+        if getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc):
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return respond(error_response(500, 999))
+
+    return app

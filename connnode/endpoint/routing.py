@@ -1,0 +1,147 @@
+"""Hand one validated push message to its user (PROTOCOL.md section 5).
+
+Plain blocking code: it runs in an endpoint worker's request greenlet, where
+boto3 and urllib3 calls yield to gevent. The caller (the WebPush view) has
+validated the request (4.6 steps 1-11) and holds the router record R, read
+with a consistent read, and the Notification it built from the request.
+
+    1. direct:  PUT {node_id}/push/{uaid}      200 -> done (Direct)
+                404 / connection error -> clear_node(R); busy or other -> keep R
+    2. TTL 0:   never stored                   -> done (Dropped)
+    3. store:   store_message into R's current_month table
+    4. re-read: get_uaid; gone -> 410/105; error or no node_id -> done (Stored)
+    5. wake:    PUT {node_id}/notif/{uaid}     404 / connection error -> clear_node
+                                               -> done (Stored)
+
+`MessageRouter.route` returns the destination; errors that must be answered
+are raised as `EndpointError` (503/201 throughput, 503/202 other storage
+error, 410/105 record vanished). The Notification is updated in place: when
+the store moved a timestamped sort key (collision rule, 6.3) its `version`
+is the message id of the new key, which is what `Location` must carry.
+
+Metrics counted here: `updates.client.host_gone` (connection error talking to
+a CN, at step 1 or 5), `updates.client.deleted` (410/105) and
+`notification.message_data` (count = length of `data`, tag
+`destination:Direct|Stored`). The view counts the request-level ones.
+
+Decisions where PROTOCOL.md is silent:
+
+* `clear_node` is a best-effort hint: *any* storage error from it (not only
+  throughput errors) is logged and ignored, and routing goes on. A record
+  without `connected_at` cannot satisfy clear_node's condition, so it is not
+  tried.
+* A TTL-0 message that found no connected client is answered 201 with the
+  destination `Dropped`; nothing is handed over, so no `message_data`.
+* `message_data` is counted for Stored only once the answer is a 201 (not
+  for a stored message whose user vanished, 410/105).
+"""
+import logging
+
+from connnode.db.dynamo import StorageError, ThroughputError
+from connnode.endpoint.errors import EndpointError
+from connnode.nodeclient import NodeConnectionError
+
+log = logging.getLogger(__name__)
+
+DIRECT = "Direct"
+STORED = "Stored"
+DROPPED = "Dropped"
+
+
+class MessageRouter:
+    """Routes notifications for one endpoint worker.
+
+    ``storage`` provides ``router`` (``get_uaid``, ``clear_node``),
+    ``message_table(name)`` (``store_message``) and ``crypto``
+    (``message_id``); ``node_client`` provides ``put(url, json_body=None)``
+    returning the HTTP status or raising ``NodeConnectionError``.
+    """
+
+    def __init__(self, storage, node_client, metrics):
+        self.storage = storage
+        self.node_client = node_client
+        self.metrics = metrics
+
+    def route(self, notification, record):
+        """Deliver or store ``notification`` for the user of ``record``;
+        the destination (``DIRECT``, ``STORED`` or ``DROPPED``)."""
+        node_id = record.get("node_id")
+        if node_id and self._push_direct(node_id, notification, record):
+            self._count_data(notification, DIRECT)
+            return DIRECT
+        if notification.ttl == 0:
+            return DROPPED
+        self._store(notification, record)
+        self._wake(notification.uaid)
+        self._count_data(notification, STORED)
+        return STORED
+
+    # -- steps ---------------------------------------------------------------
+    def _push_direct(self, node_id, notification, record):
+        """Step 1: True when the CN took the message (200)."""
+        url = f"{node_id}/push/{notification.uaid}"
+        try:
+            status = self.node_client.put(url, notification.push_body())
+        except NodeConnectionError as exc:
+            log.info("direct delivery to %s failed: %s", node_id, exc)
+            self.metrics.increment("updates.client.host_gone")
+            self._clear_node(record)
+            return False
+        if status == 200:
+            return True
+        if status == 404:
+            self._clear_node(record)
+        return False
+
+    def _store(self, notification, record):
+        """Step 3, into the record's month table; regenerates the message id
+        if the sort key moved and the table did not already do it."""
+        table = self.storage.message_table(record["current_month"])
+        sort_key, version = notification.sort_key, notification.version
+        try:
+            table.store_message(notification)
+        except ThroughputError as exc:
+            log.warning("store_message throttled: %s", exc)
+            raise EndpointError(503, 201) from None
+        except StorageError as exc:
+            log.error("store_message failed: %s", exc)
+            raise EndpointError(503, 202) from None
+        if notification.sort_key != sort_key and notification.version == version:
+            notification.version = self.storage.crypto.message_id(
+                notification.uaid, notification.chid, topic=notification.topic,
+                sortkey_timestamp=notification.sortkey_timestamp)
+
+    def _wake(self, uaid):
+        """Steps 4 and 5: re-read the record and ask its node to check storage."""
+        try:
+            current = self.storage.router.get_uaid(uaid)
+        except StorageError as exc:
+            log.info("re-read after store failed (message stays stored): %s", exc)
+            return
+        if current is None:
+            self.metrics.increment("updates.client.deleted")
+            raise EndpointError(410, 105)
+        node_id = current.get("node_id")
+        if not node_id:
+            return
+        try:
+            status = self.node_client.put(f"{node_id}/notif/{uaid}")
+        except NodeConnectionError as exc:
+            log.info("notification check at %s failed: %s", node_id, exc)
+            self.metrics.increment("updates.client.host_gone")
+            self._clear_node(current)
+            return
+        if status == 404:
+            self._clear_node(current)
+
+    def _clear_node(self, record):
+        if "connected_at" not in record or "node_id" not in record:
+            return
+        try:
+            self.storage.router.clear_node(record)
+        except StorageError as exc:  # ThroughputError included: a hint, not a duty
+            log.info("clear_node ignored: %s", exc)
+
+    def _count_data(self, notification, destination):
+        self.metrics.increment("notification.message_data", len(notification.data or ""),
+                               tags={"destination": destination})
