@@ -10,11 +10,16 @@ import time
 import uuid
 from pathlib import Path
 
+import http_ece
 import requests
 import simplejson as json
 import websocket
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pywebpush import webpush
 
 from connnode.embedded import die_with_parent, free_port
+from connnode.encoding import b64url_decode, b64url_encode
 from tests.conftest import TEST_CRYPTO_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,3 +247,72 @@ def push_body(crypto, uaid, chid, ttl=60, topic=None, data="aGVsbG8", timestamp=
         body["data"] = data
         body["headers"] = {"encoding": "aes128gcm"}
     return body
+
+
+# -- application server, browser crypto and StatsD stand-ins ----------------------------
+
+class StatsdSink:
+    """A UDP socket playing the StatsD server: the metric lines received."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def drain(self, timeout=0.0):
+        """Lines received so far (waiting up to ``timeout`` for the first)."""
+        lines = []
+        self.sock.settimeout(timeout or 0.001)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, BlockingIOError):
+                return lines
+            lines.extend(data.decode().split("\n"))
+            self.sock.settimeout(0.001)
+
+    def wait_for(self, *wanted, timeout=2.0):
+        """Collect lines until every wanted prefix was seen; all lines read."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen += self.drain(0.05)
+            if all(any(line.startswith(name) for line in seen) for name in wanted):
+                return seen
+        raise AssertionError(f"metrics {wanted} not seen; got {seen}")
+
+    def close(self):
+        self.sock.close()
+
+
+def raw_public(private_key):
+    """The 65-byte uncompressed point of a P-256 private key's public key."""
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+def browser_keys():
+    """A subscription's P-256 key pair and auth secret, as a browser makes them."""
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    auth = os.urandom(16)
+    return private_key, auth, {"p256dh": b64url_encode(raw_public(private_key)),
+                               "auth": b64url_encode(auth)}
+
+
+def send_webpush(audience, endpoint, keys, vapid, plaintext, sub="mailto:test@example.com"):
+    """pywebpush as an application server: aes128gcm, VAPID-signed for ``audience``."""
+    return webpush(subscription_info={"endpoint": endpoint, "keys": keys}, data=plaintext,
+                   vapid_private_key=vapid, vapid_claims={"sub": sub, "aud": audience},
+                   content_encoding="aes128gcm", ttl=60, timeout=10)
+
+
+def decrypt(frame, private_key, auth):
+    assert frame["headers"]["encoding"] == "aes128gcm"
+    return http_ece.decrypt(b64url_decode(frame["data"]), private_key=private_key,
+                            auth_secret=auth, version="aes128gcm")
+
+
+def application_server_key(vapid):
+    """The applicationServerKey a page passes to subscribe(): binds a v2 endpoint."""
+    return b64url_encode(vapid.public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))

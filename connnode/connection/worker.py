@@ -51,7 +51,6 @@ import ipaddress
 import logging
 import os
 import resource
-import sys
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 real gunicorn processes, a real WebSocket client library, PUT /push and the
 storage layer to inject messages."""
 import select
-import socket
 import time
 import uuid
 

@@ -6,27 +6,26 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
 
-import http_ece
 import pytest
 import requests
 import websocket
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from py_vapid import Vapid02
-from pywebpush import webpush
 
 from connnode.crypto import InvalidTokenError, TokenCrypto
 from connnode.db.storage import Storage
 from connnode.encoding import b64url_decode, b64url_encode
 from tests.conftest import TEST_CRYPTO_KEY, make_settings
-from tests.harness import ConnectionNode, EndpointNode, PushClient
+from tests.harness import (ConnectionNode, EndpointNode, PushClient, StatsdSink,
+                           application_server_key, browser_keys, decrypt, raw_public,
+                           send_webpush)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,40 +36,6 @@ DIRECT_FRAME_WITHIN = 0.2
 
 
 # -- helpers -------------------------------------------------------------------------
-
-class StatsdSink:
-    """A UDP socket playing the StatsD server: the metric lines received."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-
-    def drain(self, timeout=0.0):
-        """Lines received so far (waiting up to ``timeout`` for the first)."""
-        lines = []
-        self.sock.settimeout(timeout or 0.001)
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (socket.timeout, BlockingIOError):
-                return lines
-            lines.extend(data.decode().split("\n"))
-            self.sock.settimeout(0.001)
-
-    def wait_for(self, *wanted, timeout=2.0):
-        """Collect lines until every wanted prefix was seen; all lines read."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen += self.drain(0.05)
-            if all(any(line.startswith(name) for line in seen) for name in wanted):
-                return seen
-        raise AssertionError(f"metrics {wanted} not seen; got {seen}")
-
-    def close(self):
-        self.sock.close()
-
 
 class Service:
     """Tables of their own, a storage handle on them, an endpoint node and a
@@ -160,11 +125,6 @@ def client(svc):
     yield make
     for made in clients:
         made.close()
-
-
-def raw_public(private_key):
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
 def make_jwt(private_key, claims, header=None):
@@ -280,25 +240,6 @@ def v2(svc, vapid_key):
 
 # -- pywebpush + http_ece ---------------------------------------------------------------
 
-def browser_keys():
-    private_key = ec.generate_private_key(ec.SECP256R1())
-    auth = os.urandom(16)
-    return private_key, auth, {"p256dh": b64url_encode(raw_public(private_key)),
-                               "auth": b64url_encode(auth)}
-
-
-def send_webpush(svc, endpoint, keys, vapid, plaintext):
-    return webpush(subscription_info={"endpoint": endpoint, "keys": keys}, data=plaintext,
-                   vapid_private_key=vapid, vapid_claims={"sub": SUB, "aud": svc.url},
-                   content_encoding="aes128gcm", ttl=60, timeout=10)
-
-
-def decrypt(frame, private_key, auth):
-    assert frame["headers"]["encoding"] == "aes128gcm"
-    return http_ece.decrypt(b64url_decode(frame["data"]), private_key=private_key,
-                            auth_secret=auth, version="aes128gcm")
-
-
 @pytest.fixture
 def vapid02():
     vapid = Vapid02()
@@ -306,17 +247,12 @@ def vapid02():
     return vapid
 
 
-def application_server_key(vapid):
-    return b64url_encode(vapid.public_key.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
-
-
 def test_pywebpush_to_connected_client(svc, client, vapid02, statsd):
     browser, chid, endpoint = connected(client, key=application_server_key(vapid02))
     assert endpoint.startswith(svc.url + "/wpush/v2/")
     private_key, auth, keys = browser_keys()
     statsd.drain()
-    response = send_webpush(svc, endpoint, keys, vapid02, "Mary had a little lamb")
+    response = send_webpush(svc.url, endpoint, keys, vapid02, "Mary had a little lamb")
     assert response.status_code == 201, response.text
     frame = browser.recv(timeout=DIRECT_FRAME_WITHIN)
     assert frame["channelID"] == chid
@@ -336,7 +272,7 @@ def test_pywebpush_to_offline_client_is_stored_then_delivered(svc, client, vapid
     uaid, chid, endpoint = offline(client, key=application_server_key(vapid02))
     private_key, auth, keys = browser_keys()
     statsd.drain()
-    response = send_webpush(svc, endpoint, keys, vapid02, "stored for later")
+    response = send_webpush(svc.url, endpoint, keys, vapid02, "stored for later")
     assert response.status_code == 201, response.text
     statsd.wait_for("notification.message.success;destination=Stored;router=webpush;vapid=True")
     assert "node_id" not in record_of(svc, uaid)

@@ -3,50 +3,21 @@ shutdown and /health, against real processes."""
 import re
 import socket
 import subprocess
-import sys
 import time
-import uuid
 
 import pytest
 import requests
 import simplejson as json
 
 from connnode.embedded import Dynalite, free_port
-from tests.harness import ROOT, PushClient
+from tests.harness import PushClient, StatsdSink
 from tests.integration.test_connection_node import Cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class StatsdServer:
-    """A real UDP socket standing in for StatsD."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-
-    def lines_until(self, predicate, timeout=10.0):
-        lines = []
-        deadline = time.monotonic() + timeout
-        while not predicate(lines):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"metrics not seen in time; got {lines}")
-            self.sock.settimeout(remaining)
-            try:
-                packet = self.sock.recv(65536).decode()
-            except socket.timeout:
-                continue
-            lines.extend(line for line in packet.split("\n") if line)
-        return lines
-
-    def close(self):
-        self.sock.close()
-
-
 def test_statsd_lines_of_a_scripted_session(dynalite, tmp_path):
-    statsd = StatsdServer()
+    statsd = StatsdSink()
     cluster = Cluster(dynalite, tmp_path)
     node = cluster.node(statsd_host="127.0.0.1", statsd_port=statsd.port, statsd_prefix="cn")
     try:
@@ -61,7 +32,7 @@ def test_statsd_lines_of_a_scripted_session(dynalite, tmp_path):
         client.send({"messageType": "unregister", "channelID": chid})
         client.recv()
         client.close()
-        lines = statsd.lines_until(lambda seen: any("lifespan" in line for line in seen))
+        lines = [line for line in statsd.wait_for("cn.ua.connection.lifespan", timeout=10) if line]
     finally:
         cluster.stop()
         statsd.close()
