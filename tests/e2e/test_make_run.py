@@ -1,0 +1,107 @@
+"""`make run` as an operator runs it: supervisord with dynalite, table
+creation, the connection node and the endpoint node; one browser, one
+pywebpush sender; then SIGTERM, and nothing of the service may be left."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from py_vapid import Vapid02
+
+from connnode.embedded import free_port
+from tests.harness import (ROOT, PushClient, application_server_key, browser_keys, decrypt,
+                           free_port_block, send_webpush, wait_http)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def descendants(pid):
+    """Every process below ``pid`` (from /proc)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_make_run_serves_and_stops_cleanly(tmp_path):
+    ports = {"port": free_port(), "endpoint_port": free_port(), "embedded_ddb_port": free_port()}
+    router_port = free_port_block(2)
+    env = dict(os.environ)
+    env.pop("CONNNODE_AWS_DDB_ENDPOINT", None)
+    env.update({f"CONNNODE_{name.upper()}": str(value) for name, value in ports.items()})
+    env.update({
+        "CONNNODE_ROUTER_PORT": str(router_port),
+        "CONNNODE_DATA_DIR": str(tmp_path / "var"),
+        "CONNNODE_HOSTNAME": "127.0.0.1",
+        "CONNNODE_STATSD_HOST": "",
+        "WEB_CONCURRENCY": "1",
+    })
+    endpoint = f"http://127.0.0.1:{ports['endpoint_port']}"
+    make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid_file = tmp_path / "var" / "supervisord.pid"
+    try:
+        started = time.monotonic()
+        for url in (f"http://127.0.0.1:{ports['port']}/status", f"{endpoint}/status",
+                    f"http://127.0.0.1:{router_port}/status"):
+            wait_http(url, timeout=max(1.0, 60 - (time.monotonic() - started)), process=make)
+            assert requests.get(url, timeout=5).json()["status"] == "OK"
+
+        vapid = Vapid02()
+        vapid.generate_keys()
+        browser = PushClient(f"ws://127.0.0.1:{ports['port']}/")
+        browser.hello()
+        registered = browser.register(key=application_server_key(vapid))
+        assert registered["pushEndpoint"].startswith(endpoint + "/wpush/v2/")
+        private_key, auth, keys = browser_keys()
+        response = send_webpush(endpoint, registered["pushEndpoint"], keys, vapid, "over make run")
+        assert response.status_code == 201, response.text
+        assert decrypt(browser.recv(), private_key, auth) == b"over make run"
+        browser.close()
+
+        supervisord = int(pid_file.read_text())
+        service = [supervisord] + descendants(supervisord)
+        assert len(service) >= 5  # dynalite, two gunicorn masters and their workers
+        os.kill(supervisord, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in service):
+            assert time.monotonic() < deadline, [pid for pid in service if alive(pid)]
+            time.sleep(0.1)
+        output = make.communicate(timeout=10)[0]
+        assert "ws://127.0.0.1:" in output and endpoint in output
+        assert (tmp_path / "var" / "crypto_key").exists()
+    finally:
+        if make.poll() is None:
+            if pid_file.exists():
+                for pid in [int(pid_file.read_text())] + descendants(int(pid_file.read_text())):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            make.kill()
+            make.wait()
