@@ -16,6 +16,7 @@ from connnode.connection.registry import Registry
 from connnode.connection.session import Session
 from connnode.connection.timers import Timers
 from connnode.crypto import hash_uaid
+from connnode.db.dynamo import StorageError
 from connnode.nodeclient import NodeConnectionError
 from connnode.useragent import families
 
@@ -110,10 +111,21 @@ class Node:
         self.accepting = False
         deadline = time.monotonic() + timeout
         for session in list(self.registry):
+            record = {"uaid": session.uaid, "node_id": self.node_id,
+                      "connected_at": session.connected_at}
             session.close(1001, "server shutting down")
+            # so endpoints store at once instead of calling a node that is gone
+            self.pending.spawn(session.uaid, self._clear_node, record)
         while self.connections and time.monotonic() < deadline:
             gevent.sleep(0.05)
         return self.pending.wait_all(max(0.0, deadline - time.monotonic()))
+
+
+    def _clear_node(self, record):
+        try:
+            self.storage.router.clear_node(record)
+        except StorageError as exc:
+            log.info("clear_node at shutdown failed for %s: %s", self.log_uaid(record["uaid"]), exc)
 
 
 def build_node(settings, router_port):

@@ -656,6 +656,8 @@ class ConnectionHandler(WebSocketHandler):
     open_handshake_timeout = 5.0
     #: Number of open WebSockets in this process (e.g. :func:`open_websockets`).
     current_connections = staticmethod(lambda: 0)
+    #: False once the worker is shutting down: upgrades then get a 503.
+    accepting = staticmethod(lambda: True)
 
     _handshake_deadline = None
 
@@ -700,12 +702,18 @@ class ConnectionHandler(WebSocketHandler):
                 and environ.get("HTTP_UPGRADE", "").lower() == "websocket")
 
     def upgrade_websocket(self):
-        limit = type(self).max_connections
-        if limit and limit > 0 and self._is_upgrade_request():
-            if type(self).current_connections() >= limit:
+        handler = type(self)
+        if self._is_upgrade_request():
+            refusal = None
+            if not handler.accepting():
+                refusal = b"Shutting down"
+            elif handler.max_connections and handler.max_connections > 0 \
+                    and handler.current_connections() >= handler.max_connections:
+                refusal = b"Too many connections"
+            if refusal:
                 self.start_response("503 Service Unavailable", [
                     ("Content-Type", "text/plain"), ("Connection", "close")])
-                return [b"Too many connections"]
+                return [refusal]
         result = super().upgrade_websocket()
         if result:
             # gevent-websocket answers its errors with str bodies.

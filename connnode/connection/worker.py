@@ -241,6 +241,8 @@ def configure_handler(handler, settings, node=None):
         counter = lambda: node.connections  # noqa: E731
     if counter is not None:
         handler.current_connections = staticmethod(counter)
+    if node is not None:
+        handler.accepting = staticmethod(lambda: node.accepting)
     return handler
 
 

@@ -1,6 +1,7 @@
 """What operators rely on: StatsD lines, JSON logs, the backdoor, graceful
 shutdown and /health, against real processes."""
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -140,6 +141,37 @@ def test_graceful_shutdown_saves_unacked_direct_messages(dynalite, tmp_path):
             assert again.hello(uaid)["uaid"] == uaid
             assert again.recv()["version"] == version
             again.close()
+    finally:
+        cluster.stop()
+
+
+def test_hup_reload_hands_clients_to_new_workers(dynalite, tmp_path):
+    cluster = Cluster(dynalite, tmp_path)
+    node = cluster.node()
+    try:
+        client = PushClient(node.ws_url)
+        uaid = client.hello()["uaid"]
+        chid = client.register()["channelID"]
+        _, body = cluster.push(node, uaid, chid)
+        assert client.recv()["version"] == body["version"]
+        node.process.send_signal(signal.SIGHUP)
+        assert client.expect_close(timeout=10) == 1001
+        client.close()
+        deadline = time.monotonic() + 10
+        while "node_id" in cluster.storage.router.get_uaid(uaid):
+            assert time.monotonic() < deadline, "the old worker did not clear its node_id"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while True:  # the new worker takes over the public port
+            try:
+                again = PushClient(node.ws_url)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert again.hello(uaid)["uaid"] == uaid
+        assert again.recv()["version"] == body["version"]
+        again.close()
     finally:
         cluster.stop()
 
