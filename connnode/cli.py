@@ -93,8 +93,6 @@ def cmd_run(settings, args):
         "CONNNODE_RUN_BIN": str(bin_dir),
         "CONNNODE_RUN_ROOT": str(PROJECT_ROOT),
         "CONNNODE_RUN_EMBEDDED": "true" if embedded else "false",
-        "CONNNODE_RUN_ENDPOINT": "true" if (PROJECT_ROOT / "conf" / "endpoint.gunicorn.conf.py").exists()
-                                 else "false",
     })
     workers = int(env.get("WEB_CONCURRENCY", "1"))
     routers = ", ".join(settings.router_url_for(settings.router_port + slot) for slot in range(workers))
