@@ -27,10 +27,9 @@ import re
 
 import simplejson as json
 from flask import Flask, Response, request
-from flask.sessions import SessionInterface
 from werkzeug.exceptions import HTTPException
 
-from connnode.connection.status import status_routes
+from connnode.connection.status import NoSessions, status_routes
 from connnode.notification import Notification
 
 _is_uaid = re.compile(r"[0-9a-f]{32}").fullmatch
@@ -46,25 +45,11 @@ class TextResponse(Response):
     default_mimetype = "text/plain"
 
 
-class _NoSessions(SessionInterface):
-    """No cookie sessions: one read-only null session for every request
-    instead of Flask's per-request cookie-session attempt."""
-
-    def __init__(self, app):
-        self.null_session = self.make_null_session(app)
-
-    def open_session(self, app, request):
-        return self.null_session
-
-    def save_session(self, app, session, response):
-        pass
-
-
 def create_router_app(node):
     app = Flask("connnode.connection.router_app")
     app.response_class = TextResponse
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.session_interface = _NoSessions(app)
+    app.session_interface = NoSessions(app)
 
     def text(body, status):
         return TextResponse(body, status)

@@ -22,6 +22,7 @@ import logging
 import os
 
 import simplejson as json
+from flask.sessions import SessionInterface
 
 from connnode import __version__
 
@@ -76,3 +77,17 @@ def status_routes(app, health, extra=None):
                                  ("/__version__", "version", version)):
         app.add_url_rule(rule, endpoint, view, methods=["GET"], provide_automatic_options=False)
     return app
+
+
+class NoSessions(SessionInterface):
+    """No cookie sessions (our apps have none): one shared null session
+    instead of Flask's per-request attempt to open a cookie session."""
+
+    def __init__(self, app):
+        self.null_session = self.make_null_session(app)
+
+    def open_session(self, app, request):
+        return self.null_session
+
+    def save_session(self, app, session, response):
+        pass

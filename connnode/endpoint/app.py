@@ -43,10 +43,9 @@ import time
 
 import simplejson as json
 from flask import Flask, request
-from flask.sessions import SessionInterface
 from werkzeug.exceptions import HTTPException
 
-from connnode.connection.status import status_routes
+from connnode.connection.status import NoSessions, status_routes
 from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
 from connnode.db.dynamo import StorageError, ThroughputError
 from connnode.encoding import b64url_encode
@@ -63,20 +62,6 @@ CORS_ALLOW_HEADERS = ("content-encoding,encryption,crypto-key,ttl,encryption-key
                       "content-type,authorization,topic,urgency")
 CORS_EXPOSE_HEADERS = "location,www-authenticate"
 KEY_BOUND_VERSIONS = {"v1": False, "v2": True}
-
-
-class _NoSessions(SessionInterface):
-    """No cookie sessions: one shared null session instead of a per-request
-    attempt to open a cookie session."""
-
-    def __init__(self, app):
-        self.null_session = self.make_null_session(app)
-
-    def open_session(self, app, request):
-        return self.null_session
-
-    def save_session(self, app, session, response):
-        pass
 
 
 def read_body(stream, limit):
@@ -261,7 +246,7 @@ class WebPushAPI:
 
 def create_endpoint_app(storage, metrics, node_client, settings):
     app = Flask("connnode.endpoint")
-    app.session_interface = _NoSessions(app)
+    app.session_interface = NoSessions(app)
     api = WebPushAPI(storage, metrics, node_client, settings)
     response_class = app.response_class
 

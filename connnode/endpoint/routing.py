@@ -94,10 +94,9 @@ class MessageRouter:
         return False
 
     def _store(self, notification, record):
-        """Step 3, into the record's month table; regenerates the message id
-        if the sort key moved and the table did not already do it."""
+        """Step 3, into the record's month table. A collision moves the sort
+        key; the table then renews ``notification.version`` to match (6.3)."""
         table = self.storage.message_table(record["current_month"])
-        sort_key, version = notification.sort_key, notification.version
         try:
             table.store_message(notification)
         except ThroughputError as exc:
@@ -106,10 +105,6 @@ class MessageRouter:
         except StorageError as exc:
             log.error("store_message failed: %s", exc)
             raise EndpointError(503, 202) from None
-        if notification.sort_key != sort_key and notification.version == version:
-            notification.version = self.storage.crypto.message_id(
-                notification.uaid, notification.chid, topic=notification.topic,
-                sortkey_timestamp=notification.sortkey_timestamp)
 
     def _wake(self, uaid):
         """Steps 4 and 5: re-read the record and ask its node to check storage."""
