@@ -1,0 +1,105 @@
+"""Latency of single storage calls against dynalite: connnode's storage layer
+(get_uaid, register_user, fetch_timestamp_messages) beside the same DynamoDB
+request made with the bare botocore client, so the ratio is our overhead.
+
+    python -m bench.storage_calls [--calls N]
+
+Sequential calls from one greenlet on one in-memory dynalite, after a
+warm-up; medians in milliseconds.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+from connnode.db.storage import Storage  # noqa: E402
+from connnode.embedded import Dynalite  # noqa: E402
+from connnode.notification import Notification  # noqa: E402
+from connnode.settings import Settings  # noqa: E402
+
+WARM_UP = 50
+
+
+def timed(function, calls):
+    for _ in range(WARM_UP):
+        function()
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=500)
+    calls = parser.parse_args().calls
+    dynalite = Dynalite().start()
+    try:
+        suffix = uuid.uuid4().hex[:8]
+        storage = Storage(Settings(aws_ddb_endpoint=dynalite.endpoint, statsd_host="",
+                                   router_tablename=f"router_{suffix}",
+                                   message_tablename=f"message_{suffix}", hostname="127.0.0.1"))
+        storage.create_tables()
+        client, router, table = storage.dynamo.client, storage.router, storage.current_table
+        uaid, chid = uuid.uuid4().hex, str(uuid.uuid4())
+        record = {"uaid": uaid, "node_id": "http://127.0.0.1:8100", "router_type": "webpush",
+                  "connected_at": 1, "current_month": table.name, "record_version": 1,
+                  "last_connect": 202601010001, "expiry": 2000000000}
+        router.register_user(record)
+        now = int(time.time())
+        for offset in range(10):
+            skt = int(time.time() * 1_000_000) + offset
+            table.store_message(Notification(
+                uaid, chid, storage.crypto.message_id(uaid, chid, sortkey_timestamp=skt), 3600, now,
+                sortkey_timestamp=skt, data="x" * 200, headers={"encoding": "aes128gcm"}))
+        counter = iter(range(2, 10**9))
+
+        def register():  # the same three attributes as raw_register writes
+            router.register_user({"uaid": uaid, "node_id": "http://127.0.0.1:8100",
+                                  "router_type": "webpush", "connected_at": next(counter)})
+
+        def raw_register():
+            at = str(next(counter))
+            client.update_item(
+                TableName=router.name, Key={"uaid": {"S": uaid}},
+                UpdateExpression="SET #node_id = :node_id, #connected_at = :connected_at, "
+                                 "#router_type = :router_type",
+                ConditionExpression="(attribute_not_exists(#router_type) OR #router_type = "
+                                    ":router_type) AND (attribute_not_exists(#node_id) OR "
+                                    "#connected_at < :connected_at)",
+                ExpressionAttributeNames={"#node_id": "node_id", "#connected_at": "connected_at",
+                                          "#router_type": "router_type"},
+                ExpressionAttributeValues={":node_id": {"S": "http://127.0.0.1:8100"},
+                                           ":connected_at": {"N": at},
+                                           ":router_type": {"S": "webpush"}},
+                ReturnValues="ALL_OLD")
+
+        rows = [
+            ("get_uaid (GetItem)", lambda: router.get_uaid(uaid),
+             lambda: client.get_item(TableName=router.name, Key={"uaid": {"S": uaid}},
+                                     ConsistentRead=True)),
+            ("register_user (UpdateItem)", register, raw_register),
+            ("fetch_timestamp_messages (Query, 10 items)",
+             lambda: table.fetch_timestamp_messages(uaid),
+             lambda: client.query(
+                 TableName=table.name, KeyConditionExpression="uaid = :u AND chidmessageid > :k",
+                 ExpressionAttributeValues={":u": {"S": uaid}, ":k": {"S": "01;"}},
+                 ConsistentRead=True, Limit=10)),
+        ]
+        print(f"storage calls against dynalite, {calls} sequential calls each, medians (ms)")
+        print(f"  {'call':<44} {'connnode':>9} {'botocore':>9} {'ratio':>7}")
+        for name, ours, raw in rows:
+            mine, bare = timed(ours, calls), timed(raw, calls)
+            print(f"  {name:<44} {mine:>9.2f} {bare:>9.2f} {mine / bare:>7.2f}")
+    finally:
+        dynalite.stop()
+
+
+if __name__ == "__main__":
+    main()
