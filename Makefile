@@ -31,3 +31,15 @@ run: setup
 
 clean:
 	rm -rf $(VENV) node_modules
+
+# Benchmarks (bench/README.md): all of them, or one with BENCH=name.
+BENCH ?=
+BENCH_INSTALLED := $(VENV)/.bench-installed
+
+$(BENCH_INSTALLED): bench/requirements.txt | $(INSTALLED)
+	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+.PHONY: bench
+bench: setup $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.run $(BENCH)
