@@ -16,6 +16,8 @@ No ``preload_app``: boto3 must be imported after monkey patching, in the worker.
 """
 import os
 
+import gevent
+
 from connnode.connection import worker as _connnode_worker
 from connnode.logs import gunicorn_logconfig
 from connnode.settings import Settings
@@ -34,6 +36,9 @@ if _settings.max_connections:
     worker_connections = _settings.max_connections + max(100, _settings.max_connections // 10)
 else:
     worker_connections = 100000
+# gevent's greenlet-tree tracking keeps a dict and a stack summary around
+# for every connection greenlet that ever spawned one (~1 KB per idle client).
+gevent.config.track_greenlet_tree = False
 preload_app = False
 graceful_timeout = 30
 # The master restarts a worker whose hub has not run for this long.
