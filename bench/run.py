@@ -2,7 +2,7 @@
 
     python -m bench.run [name ...] [--repeats N]
 
-Names: idle-memory, direct-push, reconnect-storm, stored-drain (underscores
+Names: idle-memory, direct-push, end-to-end, reconnect-storm, stored-drain (underscores
 work too); none = all, in that order. Each benchmark starts what it needs,
 repeats its measurement (default 3 times) next to its baseline, and returns
 medians; the table shows the connection node, the baseline measured in the
@@ -21,6 +21,7 @@ from bench.common import write_result
 BENCHMARKS = {
     "idle-memory": "bench.idle_memory",
     "direct-push": "bench.direct_push",
+    "end-to-end": "bench.end_to_end",
     "reconnect-storm": "bench.reconnect_storm",
     "stored-drain": "bench.stored_drain",
 }

@@ -1,0 +1,167 @@
+"""A client process of end-to-end: ``bench.clients`` plus subscriptions,
+arrival times and acks.
+
+    python -m bench.e2e_clients
+
+Same JSON command loop as ``bench.clients`` (one command per stdin line, one
+JSON answer per stdout line) and the same commands (``count``, ``close``,
+``exit``), plus:
+
+* ``subscribe``: open ``count`` clients to ``host:port`` (``concurrency`` at a
+  time); each says hello, registers one channel (no key: a v1 endpoint) and
+  keeps its connection. Answer: ``subscriptions`` (``[uaid, channelID,
+  pushEndpoint]`` per client), ``failed``, ``errors`` (a few), ``elapsed``.
+* ``arrivals``: write ``{version: time.monotonic() at arrival}`` of every
+  notification frame received since the previous ``arrivals`` to the file
+  ``path`` and forget them. Answer: ``count`` (frames in the file),
+  ``duplicates`` (frames whose version had already arrived), ``acks`` (ack
+  frames sent so far), ``notifications`` (frames so far).
+
+Arrival time is ``time.monotonic()`` when the frame has been parsed (CLOCK_
+MONOTONIC: the same clock in every process of the machine, so the driver can
+subtract the load generator's send times). Every notification is acked with
+code 100; the acks of one connection are sent together once the frames of a
+read have all been parsed (one ack frame per received burst; at the rates
+measured that is almost always one ack per notification). Without acks the
+connection node would hold up to 100 outstanding direct messages per
+connection and then answer 503 (busy), and the endpoint would store instead.
+"""
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+
+from bench.clients import Clients, hello_frame, raise_nofile
+from bench.wsclient import ConnectionClosed, connect
+
+
+class EndToEndClients(Clients):
+    def __init__(self):
+        super().__init__()
+        self.arrivals = {}
+        self.duplicates = 0
+        self.acks = 0
+        self.to_ack = {}  # conn -> [update, ...]
+        self.flush_scheduled = False
+        self.loop = None
+
+    # -- frames --------------------------------------------------------------------
+    def _on_frame(self, conn, payload):
+        now = time.monotonic()
+        if b'"notification"' not in payload:
+            return
+        message = json.loads(payload)
+        if message.get("messageType") != "notification":
+            return
+        version = message["version"]
+        self.notifications += 1
+        if version in self.arrivals:
+            self.duplicates += 1
+        else:
+            self.arrivals[version] = now
+        pending = self.to_ack.get(conn)
+        if pending is None:
+            pending = self.to_ack[conn] = []
+        pending.append({"channelID": message["channelID"], "version": version, "code": 100})
+        if not self.flush_scheduled:
+            # Runs once the frames of this read (and of any other ready
+            # socket) are parsed.
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self):
+        self.flush_scheduled = False
+        pending, self.to_ack = self.to_ack, {}
+        for conn, updates in pending.items():
+            if not conn.closed:
+                conn.send_text(json.dumps({"messageType": "ack", "updates": updates},
+                                          separators=(",", ":")))
+                self.acks += 1
+
+    # -- subscribe ---------------------------------------------------------------------
+    async def _subscribe_one(self, host, port, timeout):
+        conn = await connect(host, port, timeout=timeout)
+        try:
+            conn.send_text(hello_frame())
+            reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
+            if reply.get("messageType") != "hello" or reply.get("status") != 200:
+                raise RuntimeError(f"hello failed: {reply}")
+            chid = str(uuid.uuid4())
+            conn.send_text(json.dumps({"messageType": "register", "channelID": chid}))
+            while True:
+                answer = json.loads(await asyncio.wait_for(conn.recv(), timeout))
+                if answer.get("messageType") == "register":
+                    break
+            if answer.get("status") != 200 or not answer.get("pushEndpoint"):
+                raise RuntimeError(f"register failed: {answer}")
+        except BaseException:
+            conn.abort()
+            raise
+        conn.on_text = self._on_frame
+        conn.user = [reply["uaid"], chid, answer["pushEndpoint"]]
+        return conn
+
+    async def cmd_subscribe(self, host, port, count, concurrency=100, timeout=120.0):
+        self.loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        gate = asyncio.Semaphore(concurrency)
+        errors = []
+
+        async def guarded():
+            async with gate:
+                try:
+                    return await self._subscribe_one(host, port, timeout)
+                except (OSError, asyncio.TimeoutError, ConnectionClosed, RuntimeError,
+                        ValueError) as exc:
+                    if len(errors) < 5:
+                        errors.append(repr(exc))
+                    return None
+
+        results = await asyncio.gather(*(guarded() for _ in range(count)))
+        made = [conn for conn in results if conn is not None]
+        self.conns.extend(made)
+        return {"subscriptions": [conn.user for conn in made], "failed": count - len(made),
+                "errors": errors, "elapsed": time.monotonic() - started}
+
+    def cmd_arrivals(self, path):
+        arrivals, self.arrivals = self.arrivals, {}
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(arrivals, handle)
+        os.replace(tmp, path)
+        return {"count": len(arrivals), "duplicates": self.duplicates, "acks": self.acks,
+                "notifications": self.notifications}
+
+
+async def main():
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    clients = EndToEndClients()
+    clients.loop = loop
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        command = json.loads(line)
+        name = command.pop("cmd")
+        if name == "exit":
+            break
+        try:
+            handler = getattr(clients, f"cmd_{name}")
+            result = handler(**command)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except Exception as exc:  # noqa: BLE001 - reported to the driver
+            result = {"error": repr(exc)}
+        print(json.dumps(result), flush=True)
+    for conn in clients.conns:
+        conn.abort()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
