@@ -262,6 +262,15 @@ def start_backdoor(settings, slot, node, worker):
     return server
 
 
+def freeze_startup_objects():
+    """Move everything built at start-up (botocore's service models, Flask,
+    the node) out of the garbage collector's view: full collections then
+    walk only what requests create (they cost 50-70 ms per pass before)."""
+    import gc
+    gc.collect()
+    gc.freeze()
+
+
 def post_worker_init(worker):
     """Build and start this worker's node (runs in the child, patched)."""
     import gevent
@@ -289,6 +298,7 @@ def post_worker_init(worker):
     worker.wsgi_handler = configure_handler(ConnectionHandler, settings, node)
     worker.wsgi = node.public_app
     node.start()
+    freeze_startup_objects()
     worker.connnode_backdoor = start_backdoor(settings, slot, node, worker)
     if hasattr(node, "shutdown"):
         worker.connnode_shutdown = gevent.spawn(_shutdown_when_stopping, worker, node)

@@ -52,6 +52,7 @@ def post_worker_init(worker):
     """Build this worker's app (runs in the child, patched)."""
     import gevent
 
+    from connnode.connection.worker import freeze_startup_objects
     from connnode.settings import Settings
 
     settings = Settings.load()
@@ -60,6 +61,7 @@ def post_worker_init(worker):
                                             settings.table_rotation_interval)
     worker.connnode_storage = storage
     worker.wsgi = app
+    freeze_startup_objects()
     worker.log.info("connnode endpoint worker ready: %s, tables %s", settings.endpoint_url,
                     ", ".join(sorted(storage.rotation.valid)))
 
