@@ -213,12 +213,14 @@ class Clients:
         return {"closed": closed, "total": total}
 
 
-async def main():
+async def serve_commands(clients):
+    """Answer the driver's JSON commands on stdin (one ``cmd_<name>`` call
+    per line, its result as one JSON line) until ``exit`` or end of input."""
     raise_nofile()
     loop = asyncio.get_running_loop()
+    clients.loop = loop
     reader = asyncio.StreamReader(limit=1 << 26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    clients = Clients()
     print(json.dumps({"ready": True, "pid": __import__("os").getpid()}), flush=True)
     while True:
         line = await reader.readline()
@@ -241,4 +243,4 @@ async def main():
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(serve_commands(Clients()))

@@ -29,11 +29,10 @@ connection and then answer 503 (busy), and the endpoint would store instead.
 import asyncio
 import json
 import os
-import sys
 import time
 import uuid
 
-from bench.clients import Clients, hello_frame, raise_nofile
+from bench.clients import Clients, hello_frame, serve_commands
 from bench.wsclient import ConnectionClosed, connect
 
 
@@ -135,33 +134,5 @@ class EndToEndClients(Clients):
                 "notifications": self.notifications}
 
 
-async def main():
-    raise_nofile()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    clients = EndToEndClients()
-    clients.loop = loop
-    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        command = json.loads(line)
-        name = command.pop("cmd")
-        if name == "exit":
-            break
-        try:
-            handler = getattr(clients, f"cmd_{name}")
-            result = handler(**command)
-            if asyncio.iscoroutine(result):
-                result = await result
-        except Exception as exc:  # noqa: BLE001 - reported to the driver
-            result = {"error": repr(exc)}
-        print(json.dumps(result), flush=True)
-    for conn in clients.conns:
-        conn.abort()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(serve_commands(EndToEndClients()))
