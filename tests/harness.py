@@ -26,26 +26,39 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 
 
-def free_port_block(count):
-    """``count`` consecutive free ports (for per-worker router ports)."""
-    for _ in range(50):
+# Ports this test process has handed out. A free port is only free until
+# someone binds it, and nodes bind theirs seconds after they are chosen, so
+# one process must never hand out the same port twice.
+_HANDED_OUT = set()
+
+
+def free_port_block(count=1):
+    """``count`` consecutive ports, free now and never handed out before."""
+    for _ in range(200):
         base = free_port()
-        if base + count >= 65535:
+        block = range(base, base + count)
+        if base + count >= 65535 or _HANDED_OUT.intersection(block):
             continue
         sockets = []
         try:
-            for offset in range(count):
+            for port in block:
                 sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("127.0.0.1", base + offset))
+                sock.bind(("127.0.0.1", port))
                 sockets.append(sock)
-            return base
         except OSError:
             continue
         finally:
             for sock in sockets:
                 sock.close()
+        _HANDED_OUT.update(block)
+        return base
     raise RuntimeError("no block of free ports")
+
+
+def pick_port():
+    """One free port, never handed out before by this process."""
+    return free_port_block(1)
 
 
 def wait_http(url, timeout=START_TIMEOUT, process=None):
@@ -127,7 +140,7 @@ class ConnectionNode(GunicornNode):
 
     def __init__(self, dynalite, tables, workers=1, log_path=None, **options):
         self.workers = workers
-        self.port = free_port()
+        self.port = pick_port()
         self.router_port = free_port_block(2 * workers)
         options.setdefault("endpoint_url", "http://127.0.0.1:8082")
         super().__init__(dynalite, tables, log_path, port=self.port,
@@ -154,7 +167,7 @@ class EndpointNode(GunicornNode):
     config = ROOT / "conf" / "endpoint.gunicorn.conf.py"
 
     def __init__(self, dynalite, tables, workers=1, log_path=None, **options):
-        self.port = free_port()
+        self.port = pick_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(dynalite, tables, log_path, endpoint_port=self.port,
                          endpoint_url=self.url, **options)

@@ -11,9 +11,8 @@ import pytest
 import requests
 from py_vapid import Vapid02
 
-from connnode.embedded import free_port
 from tests.harness import (ROOT, PushClient, application_server_key, browser_keys, decrypt,
-                           free_port_block, send_webpush, wait_http)
+                           free_port_block, pick_port, send_webpush, wait_http)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,7 +48,7 @@ def alive(pid):
 
 
 def test_make_run_serves_and_stops_cleanly(tmp_path):
-    ports = {"port": free_port(), "endpoint_port": free_port(), "embedded_ddb_port": free_port()}
+    ports = {"port": pick_port(), "endpoint_port": pick_port(), "embedded_ddb_port": pick_port()}
     router_port = free_port_block(2)
     env = dict(os.environ)
     env.pop("CONNNODE_AWS_DDB_ENDPOINT", None)

@@ -11,8 +11,8 @@ import requests
 import simplejson as json
 import websocket
 
-from connnode.embedded import Dynalite, free_port
-from tests.harness import PushClient, StatsdSink
+from connnode.embedded import Dynalite
+from tests.harness import PushClient, StatsdSink, pick_port
 from tests.integration.test_connection_node import Cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -87,7 +87,7 @@ def test_summary_log_line_is_json_without_clear_uaid(dynalite, tmp_path):
 
 def test_backdoor_counts_clients(dynalite, tmp_path):
     cluster = Cluster(dynalite, tmp_path)
-    port = free_port()
+    port = pick_port()
     node = cluster.node(backdoor_port=port)
     clients = []
     try:
@@ -110,7 +110,7 @@ def test_backdoor_counts_clients(dynalite, tmp_path):
 def test_backdoor_refuses_non_loopback_host(dynalite, tmp_path):
     cluster = Cluster(dynalite, tmp_path)
     with pytest.raises(RuntimeError):
-        cluster.node(backdoor_port=free_port(), backdoor_host="0.0.0.0")
+        cluster.node(backdoor_port=pick_port(), backdoor_host="0.0.0.0")
     node = cluster.nodes[-1]
     assert node.process is None or node.process.wait(10) != 0
     log = open(node.log_path).read()
@@ -179,7 +179,7 @@ def test_hup_reload_hands_clients_to_new_workers(dynalite, tmp_path):
 
 
 def test_health_follows_dynamodb(tmp_path):
-    port = free_port()
+    port = pick_port()
     database = Dynalite(port, tmp_path / "ddb").start()
     cluster = Cluster(database, tmp_path)
     node = cluster.node()
