@@ -366,12 +366,15 @@ def run_script(module, *args, timeout=300.0, log_name=None):
 
 
 class ClientProcess:
-    """One ``bench.clients`` process."""
+    """One client process (``bench.clients`` unless another module is named)."""
+
+    module = "bench.clients"
+    log_name = "clients"
 
     def __init__(self, index=0):
-        log = log_file("clients")
+        log = log_file(self.log_name)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.clients"], cwd=ROOT, env=child_env(),
+            [sys.executable, "-m", self.module], cwd=ROOT, env=child_env(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
             preexec_fn=die_with_parent)
         log.close()

@@ -65,8 +65,8 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
-from bench.common import (ROOT, START_TIMEOUT, ClientProcess, ConnectionNode, CpuMeter, Dynalite,
-                          Fleet, LineReader, Popen, child_env, children_of, crypto_key,
+from bench.common import (ROOT, ClientProcess, ConnectionNode, CpuMeter, Dynalite,
+                          Fleet, Popen, child_env, children_of, crypto_key,
                           die_with_parent, free_port, log_file, machine, median, percentile,
                           plot_path, pyplot, raise_nofile, ratio, stop_process, table_names,
                           wait_http_ok)
@@ -187,18 +187,8 @@ class EndpointNode:
 class SubscriberProcess(ClientProcess):
     """One ``bench.e2e_clients`` process."""
 
-    def __init__(self):  # noqa: D107 - same as ClientProcess, other module
-        log = log_file(f"{NAME}-clients")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.e2e_clients"], cwd=ROOT, env=child_env(),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-            preexec_fn=die_with_parent)
-        log.close()
-        self.lines = LineReader(self.process.stdout)
-        hello = self.lines.read_line(START_TIMEOUT)
-        if not hello:
-            raise RuntimeError("client process did not start")
-        self.pid = json.loads(hello)["pid"]
+    module = "bench.e2e_clients"
+    log_name = f"{NAME}-clients"
 
 
 class Subscribers(Fleet):
