@@ -4,13 +4,16 @@ in-memory dynalite, N sequential sends of a 128-byte aes128gcm-labelled body.
 
     python -m bench.single_client_latency [N]
 
-Prints medians and p90 in milliseconds, and how often the frame reached the
-client before the 201 reached the sender (direct delivery writes it first).
+Prints medians and p90 in milliseconds, how often the frame reached the
+client before the 201 reached the sender (direct delivery writes it first),
+and the CPU time each node's worker spent per message (user + system, from
+/proc, over the timed sends).
 """
 from gevent import monkey
 
 monkey.patch_all()
 
+import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -30,6 +33,15 @@ WARM_UP = 20
 def percentile(samples, fraction):
     ordered = sorted(samples)
     return ordered[int(fraction * (len(ordered) - 1))] * 1000
+
+
+def worker_cpu_seconds(master_pid):
+    """User + system CPU seconds of the gunicorn master's children."""
+    total = 0
+    for pid in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -61,6 +73,7 @@ def main():
             http.post(push_endpoint, data=body, headers=headers)
         gevent.sleep(0.5)
         to_201, to_frame = [], []
+        cpu_before = [worker_cpu_seconds(node.process.pid) for node in (endpoint, connection)]
         for _ in range(sends):
             started = time.perf_counter()
             response = http.post(push_endpoint, data=body, headers=headers)
@@ -72,6 +85,8 @@ def main():
                 gevent.sleep(0.0005)
             to_201.append(answered - started)
             to_frame.append(arrivals[version] - started)
+        cpu = [worker_cpu_seconds(node.process.pid) - before
+               for node, before in zip((endpoint, connection), cpu_before)]
         reader.kill()
         client.close()
         print(f"one connected client, {sends} sequential POST /wpush/v1 (ms)")
@@ -80,6 +95,8 @@ def main():
                   f"p90 {percentile(samples, 0.9):6.2f}   max {max(samples) * 1000:6.2f}")
         first = sum(1 for frame, answer in zip(to_frame, to_201) if frame <= answer)
         print(f"  frame before the 201: {first} / {sends}")
+        print(f"  worker CPU per message: endpoint {cpu[0] * 1000 / sends:.2f} ms, "
+              f"connection node {cpu[1] * 1000 / sends:.2f} ms")
     finally:
         connection.stop()
         endpoint.stop()

@@ -59,9 +59,14 @@ class MessageTable:
         """(channel row exists, set of chids)."""
         result = self.dynamo.call("get_item", TableName=self.name, Key=self._channel_key(uaid),
                                   ConsistentRead=True)
-        if "Item" not in result:
+        return self.channels_from_item(result.get("Item"))
+
+    @staticmethod
+    def channels_from_item(item):
+        """``all_channels``'s answer for a channel row as read (None: no row)."""
+        if item is None:
             return False, set()
-        return True, from_item(result["Item"]).get("chids", set())
+        return True, from_item(item).get("chids", set())
 
     def save_channels(self, uaid, chids, now=None):
         if not chids:

@@ -38,7 +38,10 @@ class RouterTable:
         its key is dropped and reported as not found."""
         result = self.dynamo.call("get_item", TableName=self.name, Key=self._key(uaid),
                                   ConsistentRead=True)
-        item = result.get("Item")
+        return self.record_from_item(uaid, result.get("Item"))
+
+    def record_from_item(self, uaid, item):
+        """``get_uaid``'s answer for a router item as read (None: no item)."""
         if not item:
             return None
         if set(item) == {"uaid"}:

@@ -108,6 +108,35 @@ class Storage:
                 report[key] = {"status": "NOT OK", "error": str(exc)[:200]}
         return all(entry["status"] == "OK" for entry in report.values()), report
 
+    def user_and_channels(self, uaid):
+        """``get_uaid(uaid)`` and ``all_channels(uaid)`` of the current month's
+        table in one BatchGetItem (both reads consistent): the endpoint's two
+        reads per message in one round trip (PROTOCOL.md 4.6 steps 9-11).
+
+        Returns (record or None, chids or None). chids is None when they were
+        not read: there is no record, or the record's ``current_month`` is not
+        the current table (then the caller reads that table's row with
+        ``all_channels``), or DynamoDB left a key unprocessed (throttling;
+        the unprocessed router read is repeated as ``get_uaid``, which raises
+        ``ThroughputError`` if it is throttled too).
+        """
+        router, table = self.router, self.current_table
+        router_key, channel_key = router._key(uaid), table._channel_key(uaid)
+        result = self.dynamo.call("batch_get_item", RequestItems={
+            router.name: {"Keys": [router_key], "ConsistentRead": True},
+            table.name: {"Keys": [channel_key], "ConsistentRead": True},
+        })
+        responses, unprocessed = result.get("Responses", {}), result.get("UnprocessedKeys") or {}
+        if router.name in unprocessed:
+            record = router.get_uaid(uaid)
+        else:
+            items = responses.get(router.name) or [None]
+            record = router.record_from_item(uaid, items[0])
+        if record is None or record.get("current_month") != table.name or table.name in unprocessed:
+            return record, None
+        rows = responses.get(table.name) or [None]
+        return record, table.channels_from_item(rows[0])[1]
+
     def month_usable(self, record):
         """The record names a message table that is valid now (7.2)."""
         return self.rotation.is_valid(record.get("current_month"))

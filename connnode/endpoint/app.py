@@ -192,7 +192,7 @@ class WebPushAPI:
     def _user_record(self, uaid, chid):
         """4.6 steps 9-11: the usable router record of a registered chid."""
         try:
-            record = self.storage.router.get_uaid(uaid)
+            record, chids = self.storage.user_and_channels(uaid)
             if record is None:
                 raise EndpointError(410, 103)
             router_type = record.get("router_type")
@@ -202,7 +202,8 @@ class WebPushAPI:
                 self._drop_user(uaid, 103)
             if router_type not in ROUTER_TYPES:
                 raise EndpointError(410, 106)
-            _, chids = self.storage.message_table(record["current_month"]).all_channels(uaid)
+            if chids is None:
+                _, chids = self.storage.message_table(record["current_month"]).all_channels(uaid)
             if chid not in chids:
                 raise EndpointError(410, 106)
             return record

@@ -102,6 +102,56 @@ def test_get_uaid_consistent_and_key_only_record_dropped(storage):
     assert router_item(storage, bare) is None
 
 
+def test_user_and_channels_reads_both_in_one_call(storage):
+    uaid, chid = new_uaid(), new_chid()
+    current = storage.rotation.current
+    assert storage.user_and_channels(uaid) == (None, None)
+    storage.router.register_user(record(uaid, 7, current_month=current))
+    assert storage.user_and_channels(uaid) == (record(uaid, 7, current_month=current), set())
+    storage.current_table.register_channel(uaid, chid)
+    assert storage.user_and_channels(uaid) == (record(uaid, 7, current_month=current), {chid})
+    calls = []
+    real_call = storage.dynamo.call
+    storage.dynamo.call = lambda operation, **kw: calls.append(operation) or real_call(operation, **kw)
+    storage.user_and_channels(uaid)
+    assert calls == ["batch_get_item"]
+
+
+def test_user_and_channels_of_another_month_leaves_channels_unread(storage):
+    year, month = shift_month(*time.gmtime()[:2], -1)
+    last = table_name(storage.settings.message_tablename, year, month)
+    uaid = new_uaid()
+    storage.current_table.register_channel(uaid, new_chid())  # a stale row: not this user's month
+    storage.router.register_user(record(uaid, 7, current_month=last))
+    assert storage.user_and_channels(uaid) == (record(uaid, 7, current_month=last), None)
+
+
+def test_user_and_channels_repeats_unprocessed_router_key_as_get_uaid(storage):
+    """DynamoDB leaves keys unprocessed when throttled (dynalite never does):
+    the router read is repeated alone, the channels are left to the caller."""
+    uaid = new_uaid()
+    storage.router.register_user(record(uaid, 7, current_month=storage.rotation.current))
+    real_call, calls = storage.dynamo.call, []
+
+    def throttled_batch(operation, **kwargs):
+        calls.append(operation)
+        if operation == "batch_get_item":
+            return {"Responses": {}, "UnprocessedKeys": kwargs["RequestItems"]}
+        return real_call(operation, **kwargs)
+
+    storage.dynamo.call = throttled_batch
+    assert storage.user_and_channels(uaid) == (
+        record(uaid, 7, current_month=storage.rotation.current), None)
+    assert calls == ["batch_get_item", "get_item"]
+
+
+def test_user_and_channels_drops_a_key_only_record(storage):
+    bare = new_uaid()
+    storage.dynamo.call("put_item", TableName=storage.router.name, Item={"uaid": {"S": bare}})
+    assert storage.user_and_channels(bare) == (None, None)
+    assert router_item(storage, bare) is None
+
+
 def test_drop_user(storage):
     uaid = new_uaid()
     assert storage.router.drop_user(uaid) is False

@@ -121,6 +121,10 @@ class FakeStorage:
     def month_usable(self, record):
         return record.get("current_month") in self.valid
 
+    def user_and_channels(self, uaid):
+        # Channels "not read": the app reads them with the table's all_channels.
+        return self.router.get_uaid(uaid), None
+
     def health(self):
         return True, {"router": {"status": "OK"}, "storage": {"status": "OK"}}
 
