@@ -165,7 +165,7 @@ class Transport:
     """
 
     __slots__ = (
-        "_ws", "_sock", "_read", "_lock", "_flags", "_pending", "_max_frame",
+        "_ws", "_sock", "_read", "_lock", "_flags", "_pending", "_unsent_bound", "_max_frame",
         "_high_water", "_close_wait", "_safety", "_timer", "_skip", "_closer",
         "ping_sent_at", "close_code", "peer_close_code",
     )
@@ -178,6 +178,7 @@ class Transport:
         self._lock = Semaphore(1)
         self._flags = 0
         self._pending = 0
+        self._unsent_bound = 0
         self._max_frame = max_frame_bytes
         self._high_water = send_high_water
         self._close_wait = close_handshake_timeout or 0.0
@@ -207,9 +208,16 @@ class Transport:
     @property
     def busy(self) -> bool:
         """More than ``send_high_water`` bytes are not yet on the wire."""
-        if self._pending > self._high_water:
+        pending, high_water = self._pending, self._high_water
+        if pending + self._unsent_bound <= high_water:
+            return False
+        if pending > high_water:
             return True
-        return self._pending + self._kernel_unsent() > self._high_water
+        # The kernel's queue grows only by what we write, so the last reading
+        # plus the bytes written since bounds it: most checks (every PUT /push
+        # asks) need no system call.
+        self._unsent_bound = self._kernel_unsent()
+        return pending + self._unsent_bound > high_water
 
     def _kernel_unsent(self):
         """Bytes the kernel holds in the socket's send queue (0 if unknown)."""
@@ -262,6 +270,7 @@ class Transport:
                     return False
                 try:
                     self._sock.sendall(frame)
+                    self._unsent_bound += size
                 except OSError:
                     self._flags |= _DEAD
                     return False
@@ -286,6 +295,7 @@ class Transport:
             if self._writable():
                 try:
                     self._sock.sendall(frame)
+                    self._unsent_bound += len(frame)
                     return True
                 except OSError:
                     self._flags |= _DEAD

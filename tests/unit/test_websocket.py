@@ -613,6 +613,27 @@ def test_busy_when_the_client_stops_reading(make_server):
     assert not transport.busy
 
 
+def test_busy_asks_the_kernel_only_when_its_bound_could_pass_high_water(make_server, monkeypatch):
+    server = make_server(send_high_water=65536, max_frame_bytes=65536)
+    client = RawClient(server.port)  # noqa: F841 - held open (its kernel acks what is sent)
+    transport = server.session().transport
+    readings = []
+    real = cnws.Transport._kernel_unsent
+    monkeypatch.setattr(cnws.Transport, "_kernel_unsent",
+                        lambda self: readings.append(real(self)) or readings[-1])
+    for _ in range(10):
+        assert transport.send("a" * 1000)
+        assert not transport.busy
+    assert readings == []  # 10,000 bytes written: the queue cannot hold more than that
+    assert transport.send("b" * 60000)
+    deadline = time.monotonic() + WAIT
+    while transport.busy and time.monotonic() < deadline:  # the client has acked it all
+        gevent.sleep(0.01)
+    asked = len(readings)
+    assert asked >= 1
+    assert not transport.busy and len(readings) == asked  # the fresh reading is the new bound
+
+
 def test_concurrent_sends_produce_intact_frames(server):
     # A small receive buffer makes each sendall block half way through its
     # frame, which is when a second sender could slip its bytes in.
