@@ -429,7 +429,12 @@ def test_topic_replacement_and_ack_deletes_only_the_acked_one(cluster, client):
     newer = cluster.store(uaid, chid, topic="news")
     again.ack(frame)
     again.send("{}")
-    assert again.recv() == {}  # the ack (no reply) has been processed
+    # The ack (no reply) has been processed once the ping is answered; the
+    # drain may go on after the ack and send the newer message (unacked) first.
+    frames = [again.recv()]
+    if frames[0] != {}:
+        frames.append(again.recv())
+    assert frames[-1] == {} and [f["version"] for f in frames[:-1]] in ([], [newer.version])
     _, items = cluster.storage.current_table.fetch_messages(uaid)
     assert [item.version for item in items] == [newer.version]
 
