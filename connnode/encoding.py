@@ -1,4 +1,5 @@
-"""Small, pure codecs shared by both nodes: base64url and P-256 public keys.
+"""Small, pure codecs shared by both nodes: base64url, P-256 public keys and
+compact JSON.
 
 PROTOCOL.md 1.2 says every decoder accepts base64url with or without padding;
 keeping that rule in one place keeps the WebSocket and HTTP sides in step.
@@ -7,9 +8,14 @@ import base64
 import binascii
 import re
 
+import simplejson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+
+#: ``simplejson.dumps(obj, separators=(",", ":"))`` (same defaults) without
+#: building a new encoder on every call, as ``dumps`` with arguments does.
+compact_json = simplejson.JSONEncoder(separators=(",", ":")).encode
 
 
 def b64url_decode(value):

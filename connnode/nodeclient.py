@@ -14,10 +14,10 @@ must never be delivered twice. Anything urllib3 raises for a transport
 problem (refused, reset, DNS failure, timeout, broken pooled connection)
 becomes ``NodeConnectionError``; an HTTP answer of any status is returned.
 """
-import simplejson as json
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from connnode.encoding import compact_json
 from connnode.onewrite import one_write_pools
 
 POOL_MAXSIZE = 50
@@ -46,7 +46,7 @@ class NodeClient:
         """PUT ``url`` (with a compact JSON body if given); the HTTP status."""
         if json_body is None:
             return self._call("PUT", url, None, None)
-        body = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        body = compact_json(json_body).encode("utf-8")
         return self._call("PUT", url, body, JSON_HEADERS)
 
     def delete(self, url):

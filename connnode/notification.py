@@ -4,7 +4,7 @@ One class knows every shape a message takes (PROTOCOL.md 2.7 frame, 3.2
 router body, 6.3 storage item and sort key) and the expiry rule, so the
 endpoint, the router API, the drain and the storage layer cannot drift apart.
 """
-import simplejson as json
+from connnode.encoding import compact_json
 
 CHANNEL_ROW_KEY = " "
 
@@ -52,7 +52,7 @@ class Notification:
         if self.data:
             message["data"] = self.data
             message["headers"] = self.headers or {}
-        return json.dumps(message, separators=(",", ":"))
+        return compact_json(message)
 
     # -- the private router body (3.2) ----------------------------------------
     def push_body(self):

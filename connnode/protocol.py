@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import simplejson
 
-from connnode.encoding import b64url_decode, load_p256_public_key
+from connnode.encoding import b64url_decode, compact_json, load_p256_public_key
 
 MORE_INFO = "http://autopush.readthedocs.io/en/latest/api/websocket.html#private-http-endpoint"
 PING_REPLY = "{}"
@@ -270,7 +270,7 @@ def _dumps(obj):
     # simplejson defaults kept on purpose: ensure_ascii (output is ASCII even
     # when echoing lone surrogates), use_decimal (echoes parsed Decimals),
     # allow_nan=False (never emits non-JSON numbers).
-    return simplejson.dumps(obj, separators=(",", ":"))
+    return compact_json(obj)
 
 
 def _error_frame(message_type, status, reason, channel_id=_ABSENT):

@@ -41,14 +41,13 @@ Decisions where PROTOCOL.md is silent:
 import logging
 import time
 
-import simplejson as json
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from connnode.connection.status import NoSessions, status_routes
 from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
 from connnode.db.dynamo import StorageError, ThroughputError
-from connnode.encoding import b64url_encode
+from connnode.encoding import b64url_encode, compact_json
 from connnode.endpoint.errors import EndpointError, error_response
 from connnode.endpoint.headers import message_headers, parse_topic, parse_ttl
 from connnode.endpoint.routing import MessageRouter
@@ -258,7 +257,7 @@ def create_endpoint_app(storage, metrics, node_client, settings):
             if status in (201, 204):
                 del response.headers["Content-Type"]
             return response
-        text = json.dumps(body, separators=(",", ":"))
+        text = compact_json(body)
         return response_class(text, status, headers=headers)
 
     def options_response():

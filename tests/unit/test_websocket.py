@@ -615,7 +615,7 @@ def test_busy_when_the_client_stops_reading(make_server):
 
 def test_busy_asks_the_kernel_only_when_its_bound_could_pass_high_water(make_server, monkeypatch):
     server = make_server(send_high_water=65536, max_frame_bytes=65536)
-    client = RawClient(server.port)  # noqa: F841 - held open (its kernel acks what is sent)
+    client = RawClient(server.port)  # held open: its kernel acks what is sent
     transport = server.session().transport
     readings = []
     real = cnws.Transport._kernel_unsent
@@ -632,6 +632,7 @@ def test_busy_asks_the_kernel_only_when_its_bound_could_pass_high_water(make_ser
     asked = len(readings)
     assert asked >= 1
     assert not transport.busy and len(readings) == asked  # the fresh reading is the new bound
+    client.sock.close()
 
 
 def test_concurrent_sends_produce_intact_frames(server):
