@@ -166,7 +166,7 @@ class Session:
             return
         node = self.node
         try:
-            record = self._pick_record(hello.uaid)
+            record, resumed = self._pick_record(hello.uaid)
             if self.closing:
                 return
             claimed, previous = node.registry.claim(self)
@@ -201,10 +201,13 @@ class Session:
         for notification in queued or ():
             self._send_direct_frame(notification)
         self._schedule_keepalive()
-        self.start_check()
+        if resumed:
+            # A uaid minted by this hello has no stored messages (no endpoint
+            # for it exists yet), so its check would be two empty Queries.
+            self.start_check()
 
     def _pick_record(self, uaid):
-        """The router record to write: a resumed user or a new one (2.4 steps 1-2)."""
+        """(router record to write, resumed): a resumed user or a new one (2.4 steps 1-2)."""
         node = self.node
         storage = node.storage
         now = time.time()
@@ -227,11 +230,11 @@ class Session:
                 self.table = storage.message_table(stored["current_month"])
                 self.rotation_pending = stored["current_month"] != storage.rotation.current
                 self.reset_pending = int(stored.get("record_version") or 0) < 1
-                return record
+                return record, True
         self.uaid = node.new_uaid()
         self.table = storage.current_table
         return dict(base, uaid=self.uaid, router_type="webpush", last_connect=fresh_last_connect(now),
-                    record_version=1, current_month=storage.rotation.current)
+                    record_version=1, current_month=storage.rotation.current), False
 
     def _drop_unusable(self, uaid, code):
         self._metric("ua.expiration", tags={"code": code})

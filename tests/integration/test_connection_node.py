@@ -259,14 +259,18 @@ def test_register_and_unregister_error_replies_keep_connection(client):
 
 
 def test_storage_failures_close_1011(dynalite, tmp_path):
-    """A failed storage check, then a hello that cannot read the router table.
+    """A failed storage check (of a resumed user: a new one has nothing to
+    check), then a hello that cannot read the router table.
     (The register 500 reply is driven through a storage double in test_session.)"""
     broken = Cluster(dynalite, tmp_path)
     node = broken.node()
     try:
+        known = PushClient(node.ws_url)
+        uaid = known.hello()["uaid"]
+        known.close()
         broken.storage.dynamo.call("delete_table", TableName=broken.storage.rotation.current)
         checked = PushClient(node.ws_url)
-        assert checked.hello()["status"] == 200
+        assert checked.hello(uaid)["status"] == 200
         assert checked.expect_close() == 1011
         broken.storage.dynamo.call("delete_table", TableName=broken.storage.router.name)
         made = PushClient(node.ws_url)

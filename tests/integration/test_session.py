@@ -163,6 +163,22 @@ def test_hello_returning_user_keeps_uaid(node):
     assert hello(second, transport2, uaid)["uaid"] == uaid
 
 
+def test_hello_checks_storage_for_a_resumed_user_only(node, monkeypatch):
+    from connnode.db.message import MessageTable
+    fetched = []
+    real = MessageTable.fetch_messages
+    monkeypatch.setattr(MessageTable, "fetch_messages",
+                        lambda table, uaid: fetched.append(uaid) or real(table, uaid))
+    first, transport1 = connect(node)
+    uaid = hello(first, transport1)["uaid"]
+    gevent.sleep(0.05)
+    assert fetched == [] and not first.draining  # a uaid minted by this hello has nothing stored
+    close(first, transport1)
+    second, transport2 = connect(node)
+    assert hello(second, transport2, uaid)["uaid"] == uaid
+    wait_until(lambda: fetched == [uaid])
+
+
 def test_hello_unknown_uaid_gets_a_new_one(node):
     session, transport = connect(node)
     unknown = uuid.uuid4().hex
