@@ -424,6 +424,7 @@ class Session:
     def _drain(self, generation, barrier):
         """Fetch and send batches until one waits for acks or storage is empty."""
         node = self.node
+        later = None  # the timestamp phase's items, when the topic fetch saw them all
         while True:
             node.pending.wait(barrier)
             barrier = None
@@ -431,7 +432,10 @@ class Session:
                 return
             try:
                 if self.phase == TOPIC:
-                    cursor, items = self.table.fetch_messages(self.uaid)
+                    cursor, items, later = self.table.fetch_topic_phase(self.uaid)
+                elif later is not None:
+                    cursor, items = self.table.timestamp_phase(self.uaid, later, self.cursor)
+                    later = None
                 else:
                     cursor, items = self.table.fetch_timestamp_messages(self.uaid, self.cursor)
             except ThroughputError:

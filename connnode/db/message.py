@@ -17,6 +17,12 @@ FETCH_LIMIT = 10
 COLLISION_ATTEMPTS = 32
 
 
+def _timestamp_bound(cursor):
+    """Lower bound (exclusive) of the timestamp phase's keys (6.4): ``;``
+    sorts after ``:`` and ``z`` after every hex digit."""
+    return f"02:{cursor}:z" if cursor is not None else "01;"
+
+
 class MessageTable:
     def __init__(self, dynamo, name, key_hash="", max_ttl=2592000, message_ids=None):
         self.dynamo = dynamo
@@ -119,10 +125,37 @@ class MessageTable:
             return False
         return True
 
+    def fetch_topic_phase(self, uaid):
+        """The topic-phase fetch of a check: ``fetch_messages``' answer and,
+        when the user's whole partition came back, what the timestamp phase
+        would read next (else None): (cursor, topic messages, later items).
+
+        One Query of the partition from its start (``uaid = :u``, Limit 10,
+        consistent). Its keys below ``"02"`` are exactly what
+        ``fetch_messages`` returns (they are a prefix of the partition); when
+        the partition holds fewer than 10 items the Query saw all of it, and
+        its keys above ``"01;"`` are the candidates of the timestamp phase,
+        which ``timestamp_phase`` cuts at a cursor. A reconnect thus checks an
+        empty or small mailbox with one Query instead of two.
+        """
+        result = self.dynamo.call(
+            "query", TableName=self.name, KeyConditionExpression="#uaid = :u",
+            ExpressionAttributeNames={"#uaid": "uaid"},
+            ExpressionAttributeValues={":u": self._hashed(uaid)},
+            ConsistentRead=True, Limit=FETCH_LIMIT)
+        items = [from_item(item) for item in result.get("Items", [])]
+        cursor, messages = self._topic_result(uaid, (i for i in items if i["chidmessageid"] < "02"))
+        complete = len(items) < FETCH_LIMIT and "LastEvaluatedKey" not in result
+        later = [item for item in items if item["chidmessageid"] > "01;"] if complete else None
+        return cursor, messages, later
+
     def fetch_messages(self, uaid):
         """Topic phase: (current_timestamp of the channel row or None,
         topic and legacy messages in key order)."""
-        items = self._query(uaid, "#uaid = :u AND #sk < :k", "02")
+        return self._topic_result(uaid, self._query(uaid, "#uaid = :u AND #sk < :k", "02"))
+
+    @staticmethod
+    def _topic_result(uaid, items):
         cursor = None
         messages = []
         for item in items:
@@ -135,9 +168,19 @@ class MessageTable:
     def fetch_timestamp_messages(self, uaid, cursor=None):
         """Timestamp phase: (sortkey_timestamp of the last timestamped item or
         None, the items in key order)."""
-        bound = f"02:{cursor}:z" if cursor is not None else "01;"
-        messages = [Notification.from_item(uaid, item)
-                    for item in self._query(uaid, "#uaid = :u AND #sk > :k", bound)]
+        return self._timestamp_result(
+            uaid, self._query(uaid, "#uaid = :u AND #sk > :k", _timestamp_bound(cursor)))
+
+    @classmethod
+    def timestamp_phase(cls, uaid, later, cursor=None):
+        """``fetch_timestamp_messages``' answer, cut from the ``later`` items
+        of a complete ``fetch_topic_phase`` (no Query)."""
+        bound = _timestamp_bound(cursor)
+        return cls._timestamp_result(uaid, [i for i in later if i["chidmessageid"] > bound])
+
+    @staticmethod
+    def _timestamp_result(uaid, items):
+        messages = [Notification.from_item(uaid, item) for item in items]
         stamps = [message.sortkey_timestamp for message in messages if message.is_timestamped]
         return (stamps[-1] if stamps else None), messages
 

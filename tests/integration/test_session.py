@@ -166,8 +166,8 @@ def test_hello_returning_user_keeps_uaid(node):
 def test_hello_checks_storage_for_a_resumed_user_only(node, monkeypatch):
     from connnode.db.message import MessageTable
     fetched = []
-    real = MessageTable.fetch_messages
-    monkeypatch.setattr(MessageTable, "fetch_messages",
+    real = MessageTable.fetch_topic_phase
+    monkeypatch.setattr(MessageTable, "fetch_topic_phase",
                         lambda table, uaid: fetched.append(uaid) or real(table, uaid))
     first, transport1 = connect(node)
     uaid = hello(first, transport1)["uaid"]
@@ -177,6 +177,22 @@ def test_hello_checks_storage_for_a_resumed_user_only(node, monkeypatch):
     second, transport2 = connect(node)
     assert hello(second, transport2, uaid)["uaid"] == uaid
     wait_until(lambda: fetched == [uaid])
+
+
+def test_resumed_hello_with_a_small_mailbox_makes_three_storage_calls(node, monkeypatch):
+    first, transport1 = connect(node)
+    uaid = hello(first, transport1)["uaid"]
+    close(first, transport1)
+    message = stored_message(node, uaid, str(uuid.uuid4()))
+    calls = []
+    real_call = node.storage.dynamo.call
+    monkeypatch.setattr(node.storage.dynamo, "call",
+                        lambda operation, **kw: calls.append(operation) or real_call(operation, **kw))
+    second, transport2 = connect(node)
+    hello(second, transport2, uaid)
+    wait_until(lambda: transport2.frames("notification"))
+    assert transport2.frames("notification")[0]["version"] == message.version
+    assert calls == ["get_item", "update_item", "query"]  # record, hello write, whole mailbox
 
 
 def test_hello_unknown_uaid_gets_a_new_one(node):
@@ -471,7 +487,7 @@ def test_storage_check_throughput_error_reschedules(node, monkeypatch):
     hello(session, transport)
     scheduled = []
     monkeypatch.setattr(node.timers, "call_later", lambda delay, *a: scheduled.append(delay))
-    session.table = Throttle(session.table, "fetch_messages")
+    session.table = Throttle(session.table, "fetch_topic_phase")
     session.start_check()
     wait_until(lambda: scheduled)
     assert 5 <= scheduled[0] <= 60 and transport.close_code is None

@@ -327,6 +327,52 @@ def test_legacy_messages_are_read_in_the_phase_their_key_sorts_into(storage):
     assert items[1].legacy_sort_key == late_key and items[1].chid == late
 
 
+def keys(result):
+    cursor, messages = result
+    return cursor, [m.sort_key for m in messages]
+
+
+@pytest.mark.parametrize("stamps", [0, 1, 4, 12])
+def test_fetch_topic_phase_answers_as_the_two_queries(storage, stamps):
+    """One Query of the partition gives fetch_messages' answer, and, when it
+    saw the whole partition, fetch_timestamp_messages' answer at any cursor."""
+    table = storage.current_table
+    uaid, chid = new_uaid(), new_chid()
+    table.register_channel(uaid, chid)
+    early, late = "00" + new_chid()[2:], "f" + new_chid()[1:]
+    put_legacy(storage, table, uaid, early)
+    put_legacy(storage, table, uaid, late)
+    table.store_message(topic_message(storage, uaid, chid, "news"))
+    base = int(time.time() * 1_000_000)
+    stored = [timestamped(storage, uaid, chid, skt=base + n) for n in range(stamps)]
+    for message in stored:
+        table.store_message(message)
+    if stored:
+        table.update_last_message_read(uaid, stored[0].sortkey_timestamp)
+    cursor, topics, later = table.fetch_topic_phase(uaid)
+    assert keys((cursor, topics)) == keys(table.fetch_messages(uaid))
+    partition = 1 + 2 + 1 + stamps
+    if partition >= 10:
+        assert later is None
+        return
+    for at in (None, base - 1, base, base + stamps - 1):
+        assert keys(table.timestamp_phase(uaid, later, at)) == \
+            keys(table.fetch_timestamp_messages(uaid, at))
+
+
+def test_fetch_topic_phase_is_one_query(storage):
+    table = storage.current_table
+    uaid, chid = new_uaid(), new_chid()
+    table.register_channel(uaid, chid)
+    table.store_message(timestamped(storage, uaid, chid))
+    calls = []
+    real_call = storage.dynamo.call
+    storage.dynamo.call = lambda operation, **kw: calls.append(operation) or real_call(operation, **kw)
+    cursor, topics, later = table.fetch_topic_phase(uaid)
+    assert (cursor, topics, calls) == (None, [], ["query"])
+    assert len(table.timestamp_phase(uaid, later)[1]) == 1 and calls == ["query"]
+
+
 def test_fetch_messages_limit_counts_channel_row(storage):
     table = storage.current_table
     uaid, chid = new_uaid(), new_chid()
