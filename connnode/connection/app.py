@@ -42,11 +42,17 @@ class PublicApp:
         return SUBPROTOCOL
 
     def __call__(self, environ, start_response):
-        websocket = environ.get("wsgi.websocket")
-        if websocket is None:
+        if environ.get("wsgi.websocket") is None:
             return self.http(environ, start_response)
-        serve_connection(websocket, self.node.session_factory(environ), self.node.settings)
+        self.serve_websocket(environ)
         return []
+
+    def serve_websocket(self, environ):
+        """Serve an upgraded connection to its end. ``ConnectionHandler``
+        calls this directly rather than through ``__call__`` (see
+        ``ConnectionHandler.run_websocket``: less memory per idle client)."""
+        serve_connection(environ["wsgi.websocket"], self.node.session_factory(environ),
+                         self.node.settings)
 
 
 def create_public_app(node):

@@ -136,7 +136,9 @@ def build_node(settings, router_port):
     from connnode.metrics import Metrics
     from connnode.nodeclient import NodeClient
 
-    storage = Storage(settings)
+    # Storage calls on greenlets of their own: botocore's deep stack would
+    # otherwise stay resident in every idle connection's greenlet.
+    storage = Storage(settings, own_greenlet=True)
     storage.wait_ready()
     node = Node(settings, storage, Metrics.from_settings(settings), NodeClient(settings),
                 settings.router_url_for(router_port))

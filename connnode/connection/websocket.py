@@ -6,9 +6,9 @@ this module owns the socket side of one WebSocket (PROTOCOL.md 2.1, 2.2, 2.12,
 
 * :class:`Transport` is the connection as the Session sees it: ``send`` text
   frames under one send lock, ``ping``, ``close`` with a real status code,
-  ``abort``, the ``busy`` back-pressure flag, and ``read_messages``, a bounded
-  frame reader that yields complete text messages and enforces the close codes
-  1002 / 1003 / 1007 / 1009 itself.
+  ``abort``, the ``busy`` back-pressure flag, and ``next_message``, a bounded
+  frame reader that returns complete text messages and enforces the close
+  codes 1002 / 1003 / 1007 / 1009 itself.
 * :func:`serve_connection` runs one WebSocket to its end: read loop, session
   callbacks, close handshake and the close-handshake safety abort.
 * :class:`ConnectionHandler` is the gevent-websocket handler the connection
@@ -159,7 +159,7 @@ class Transport:
     """One WebSocket connection as the Session sees it.
 
     ``send``/``ping``/``close``/``abort`` may be called from any greenlet;
-    ``read_messages`` is consumed by the connection's own greenlet
+    ``next_message`` is called by the connection's own greenlet
     (:func:`serve_connection`). Nothing here raises on a dead socket: sends
     answer ``False`` and the read loop ends.
     """
@@ -451,14 +451,19 @@ class Transport:
         payload = self._read_exact(length) if length else b""
         return opcode, fin, _unmask(payload, mask)
 
-    def read_messages(self):
-        """Yield each complete text message until the connection ends.
+    def next_message(self):
+        """The next complete text message, or None once reading has ended.
 
         Answers PINGs, records PONGs, answers the peer's close frame, and on
-        any violation sends the matching close code and stops. Never holds
-        more than ``max_frame_bytes`` of message payload. Stops as soon as
+        any violation sends the matching close code and ends. Never holds
+        more than ``max_frame_bytes`` of message payload. Ends as soon as
         closing has begun (our close frame sent from anywhere); the rest of
         the close handshake is :meth:`finish`'s job.
+
+        A plain method, not a generator, for memory: an idle connection's
+        greenlet sits blocked in here, and a generator resumed from the
+        caller's ``for`` loop adds a C-level interpreter frame to the C stack
+        greenlet saves (copies to the heap) for every idle connection.
         """
         parts = None
         size = 0
@@ -473,10 +478,10 @@ class Transport:
                     continue
                 if opcode == OP_CLOSE:
                     self._on_peer_close(payload)
-                    return
+                    return None
                 if self._flags & _CLOSING:
                     # Closed from another greenlet while this frame arrived.
-                    return
+                    return None
                 if not fin:
                     if parts is None:
                         parts = []
@@ -486,14 +491,10 @@ class Transport:
                 if parts is not None:
                     parts.append(payload)
                     payload = b"".join(parts)
-                    parts = None
-                    size = 0
                 try:
-                    text = payload.decode("utf-8")
+                    return payload.decode("utf-8")
                 except UnicodeDecodeError:
                     raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                payload = None
-                yield text
         except ProtocolViolation as violation:
             log.debug("closing the connection: %s", violation.reason)
             self._skip = violation.skip
@@ -501,6 +502,7 @@ class Transport:
         except (_EndOfStream, OSError, ValueError):
             # EOF, reset, or the socket was closed under us (abort()).
             self._flags |= _DEAD
+        return None
 
     def _on_peer_close(self, payload):
         """The peer's close frame: answer it (echoing a valid code) and end."""
@@ -694,12 +696,15 @@ def serve_connection(ws, session_factory, settings, close_safety: float | None =
     wait = True
     try:
         session = session_factory(transport)
-        messages = transport.read_messages()
-        try:
-            for text in messages:
-                session.on_text(text)
-        finally:
-            messages.close()
+        # The factory (often a closure) is not needed again: do not keep it
+        # alive, in this frame, for the life of the connection.
+        session_factory = None
+        while True:
+            text = transport.next_message()
+            if text is None:
+                break
+            session.on_text(text)
+            del text  # not kept alive while this greenlet waits, idle, for the next
     except Exception:
         log.exception("unexpected error while serving a WebSocket; closing with 1011")
         transport.close(CLOSE_INTERNAL_ERROR, "internal error")
@@ -838,7 +843,8 @@ class ConnectionHandler(WebSocketHandler):
             self.environ["HTTP_SEC_WEBSOCKET_PROTOCOL"] = offered
 
     def run_websocket(self):
-        """Run the WSGI app for an upgraded connection.
+        """Run the app for an upgraded connection: its ``serve_websocket(environ)``
+        if it has one, else the WSGI app with ``environ["wsgi.websocket"]``.
 
         Replaces gevent-websocket's version, which keeps a ``Client`` object
         per connection in ``server.clients`` and, on the way out, sends its
@@ -850,14 +856,15 @@ class ConnectionHandler(WebSocketHandler):
         ws = self.websocket
         _open_websockets += 1
         try:
-            result = self.application(self.environ, _ignore_start_response)
-            try:
-                for _ in result:
-                    pass
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            serve = getattr(self.application, "serve_websocket", None)
+            if serve is not None:
+                # A plain method call, for memory: calling an object with
+                # ``__call__`` goes through C (tp_call) and adds an
+                # interpreter frame to the C stack that greenlet saves for
+                # every idle connection blocked below this point.
+                serve(self.environ)
+            else:
+                self._run_wsgi_websocket()
         finally:
             _open_websockets -= 1
             if not ws.closed:
@@ -869,3 +876,14 @@ class ConnectionHandler(WebSocketHandler):
                 ws.closed = True
             self.environ["wsgi.websocket"] = None
             self.websocket = None
+
+    def _run_wsgi_websocket(self):
+        """Hand an upgraded connection to a plain WSGI app."""
+        result = self.application(self.environ, _ignore_start_response)
+        try:
+            for _ in result:
+                pass
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()

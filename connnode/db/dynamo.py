@@ -10,6 +10,8 @@ import logging
 import os
 import time
 
+import gevent
+
 log = logging.getLogger(__name__)
 
 THROUGHPUT_CODES = frozenset({
@@ -60,13 +62,53 @@ def make_client(settings, max_attempts=3, connect_timeout=5, read_timeout=10, po
     return use_one_write(boto3.session.Session().client("dynamodb", **kwargs))
 
 
-class Dynamo:
-    """Thin wrapper that turns botocore exceptions into our three types."""
+def _outcome(function, args):
+    try:
+        return True, function(*args)
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller
+        return False, exc
 
-    def __init__(self, client):
+
+def call_on_own_greenlet(function, *args):
+    """``function(*args)`` on a short-lived greenlet of its own; its result,
+    or its exception raised here. If the caller is interrupted (killed, a
+    Timeout) while it waits, the call is killed too."""
+    helper = gevent.spawn(_outcome, function, args)
+    try:
+        ok, value = helper.get()
+    finally:
+        if not helper.dead:
+            helper.kill()
+    if ok:
+        return value
+    try:
+        raise value
+    finally:
+        value = None  # no cycle: exception -> traceback -> this frame
+
+
+class Dynamo:
+    """Thin wrapper that turns botocore exceptions into our three types.
+
+    ``own_greenlet``: run each botocore call on a short-lived greenlet of its
+    own, for memory. Every greenlet has its own stack of Python frames, and
+    the pages it touches stay resident for as long as the greenlet lives.
+    botocore's call stack is deep; made from a WebSocket connection's
+    greenlet (hello, register), which then idles for hours, it would keep
+    those pages (~5 KB measured) for every idle client. A short-lived
+    greenlet's stack is freed when it ends. Costs ~13 us per call.
+    """
+
+    def __init__(self, client, own_greenlet=False):
         self.client = client
+        self.own_greenlet = own_greenlet
 
     def call(self, operation, **kwargs):
+        if self.own_greenlet:
+            return call_on_own_greenlet(self._call, operation, kwargs)
+        return self._call(operation, kwargs)
+
+    def _call(self, operation, kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:

@@ -20,9 +20,10 @@ HEALTHY_STATUSES = ("CREATING", "UPDATING", "ACTIVE")
 
 
 class Storage:
-    def __init__(self, settings, dynamo=None, crypto=None):
+    def __init__(self, settings, dynamo=None, crypto=None, own_greenlet=False):
+        """``own_greenlet``: see :class:`Dynamo` (the connection node sets it)."""
         self.settings = settings
-        self.dynamo = dynamo or Dynamo(make_client(settings))
+        self.dynamo = dynamo or Dynamo(make_client(settings), own_greenlet=own_greenlet)
         self._health_dynamo = dynamo  # an injected double answers health too
         self.crypto = crypto or TokenCrypto(settings.crypto_keys)
         self.router = RouterTable(self.dynamo, settings.router_tablename,
