@@ -6,6 +6,7 @@ metrics, the node-to-node client and this process's node_id.
 boto3 is imported patched), and returns the node with its two WSGI apps.
 """
 import logging
+import sys
 import time
 import uuid
 
@@ -91,8 +92,10 @@ class Node:
         }})
 
     def session_factory(self, environ):
-        user_agent = environ.get("HTTP_USER_AGENT", "")
-        host = environ.get("HTTP_HOST", "")
+        # Shared with every other client sending the same value (sys.intern),
+        # not a copy per connection: memory per idle client.
+        user_agent = sys.intern(environ.get("HTTP_USER_AGENT", ""))
+        host = sys.intern(environ.get("HTTP_HOST", ""))
         connected_at = int(time.time() * 1000)
 
         def make(transport):

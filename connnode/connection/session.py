@@ -45,6 +45,25 @@ def ms_time():
     return int(time.time() * 1000)
 
 
+class _NoItems(dict):
+    """The one shared, always-empty mapping a Session's ``direct`` and
+    ``batch`` start as (and return to at close). Memory: an idle client
+    then holds no dicts of its own (about 70 bytes each); the first write
+    goes through ``Session._add_direct`` / ``_add_batch``, which give the
+    session its own dict. Reads, ``pop`` and ``del`` of missing keys behave
+    as on any empty dict; adding to it is refused."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args, **_kwargs):
+        raise TypeError("the shared empty mapping is read-only")
+
+    __setitem__ = setdefault = update = __ior__ = _refuse
+
+
+NO_ITEMS = _NoItems()
+
+
 def retry_forever(function, *args):
     """Repeat a storage call until it returns (1.2 "retried until it
     succeeds"), even after the connection that started it has gone."""
@@ -63,7 +82,8 @@ class Session:
         "node", "transport", "connected_at", "user_agent", "host", "state", "uaid",
         "table", "rotation_pending", "reset_pending", "last_ping", "last_activity",
         "queued", "direct", "batch", "batch_phase", "phase", "cursor", "draining",
-        "recheck", "sent_in_drain", "drain_generation", "paused", "stats", "said_hello",
+        "recheck", "sent_in_drain", "drain_generation", "paused", "registers", "_counts",
+        "said_hello", "hello_timer",
     )
 
     def __init__(self, node, transport, connected_at=None, user_agent="", host=""):
@@ -80,8 +100,8 @@ class Session:
         self.last_ping = None
         self.last_activity = time.monotonic()
         self.queued = None          # direct messages that arrived before the hello reply
-        self.direct = {}            # (chid, version) -> outstanding direct Notification
-        self.batch = {}             # (chid, version) -> outstanding stored Notification
+        self.direct = NO_ITEMS      # (chid, version) -> outstanding direct Notification
+        self.batch = NO_ITEMS       # (chid, version) -> outstanding stored Notification
         self.batch_phase = None
         self.phase = TOPIC
         self.cursor = None
@@ -90,11 +110,16 @@ class Session:
         self.sent_in_drain = 0
         self.drain_generation = 0
         self.paused = None          # an Event while reading is paused (table move)
-        self.stats = None           # counters for the close summary, made on first use
+        # Counters for the close summary (see ``stats``). "registers", the one
+        # an idle client usually has, is a plain int: a dict holding one
+        # counter costs about 190 bytes per client. The rest, made on first use.
+        self.registers = 0
+        self._counts = None
         self.said_hello = False
+        self.hello_timer = None
         settings = node.settings
         if settings.hello_timeout > 0:
-            node.timers.call_later(settings.hello_timeout, self._hello_timer_fired)
+            self.hello_timer = node.timers.call_later(settings.hello_timeout, self._hello_timer_fired)
 
     def __repr__(self):
         return f"<Session {self.uaid} state={self.state} connected_at={self.connected_at}>"
@@ -110,9 +135,27 @@ class Session:
         return self.state >= CLOSING
 
     def _count(self, name, amount=1):
-        if self.stats is None:
-            self.stats = {}
-        self.stats[name] = self.stats.get(name, 0) + amount
+        if self._counts is None:
+            self._counts = {}
+        self._counts[name] = self._counts.get(name, 0) + amount
+
+    @property
+    def stats(self):
+        """The counters for the close summary: name -> count (counted ones only)."""
+        stats = dict(self._counts or ())
+        if self.registers:
+            stats["registers"] = self.registers
+        return stats
+
+    def _add_direct(self, key, notification):
+        if self.direct is NO_ITEMS:
+            self.direct = {}
+        self.direct[key] = notification
+
+    def _add_batch(self, key, item):
+        if self.batch is NO_ITEMS:
+            self.batch = {}
+        self.batch[key] = item
 
     def _metric(self, name, count=1, tags=None):
         """A connection metric, with the user-agent and host tags (10)."""
@@ -160,6 +203,7 @@ class Session:
             return
         self.state = HELLO_IN_PROGRESS
         self.said_hello = True
+        self._cancel_hello_timer()
         if not hello.use_webpush:
             self._send(protocol.hello_error(401, "Simplepush not supported"))
             self.close(1002, "Simplepush not supported")
@@ -268,7 +312,7 @@ class Session:
             return
         self._send(protocol.register_reply(chid, endpoint))
         self._metric("ua.command.register")
-        self._count("registers")
+        self.registers += 1
 
     def _on_unregister(self, unregister):
         if unregister.error is not None:
@@ -362,7 +406,7 @@ class Session:
         if self.state >= CLOSING:
             return False
         key = (notification.chid, notification.version)
-        self.direct[key] = notification
+        self._add_direct(key, notification)
         if self.state == HELLO_IN_PROGRESS:
             if self.queued is None:
                 self.queued = []
@@ -484,7 +528,7 @@ class Session:
             if self.sent_in_drain > node.settings.msg_limit:
                 self._reset_user()
                 return False
-            self.batch[(item.chid, item.version)] = item
+            self._add_batch((item.chid, item.version), item)
             self._send(item.frame())
             self._count("stored_retrieved")
             self._metric("ua.message_data", len(item.data or ""), {"source": "Stored"})
@@ -550,8 +594,15 @@ class Session:
 
     # -- timers (2.12) -----------------------------------------------------------
     def _hello_timer_fired(self):
+        self.hello_timer = None
         if self.state == AWAITING_HELLO:
             self.close(1000, "no hello")
+
+    def _cancel_hello_timer(self):
+        """Memory: the timer heap would otherwise keep this session (through
+        the callback) referenced until the hello timeout passes."""
+        timer, self.hello_timer = self.hello_timer, None
+        self.node.timers.cancel(timer)
 
     def _schedule_keepalive(self):
         settings = self.node.settings
@@ -588,6 +639,7 @@ class Session:
         self.state = CLOSING
         self.drain_generation += 1
         node.registry.release(self)
+        self._cancel_hello_timer()
         if self.paused is not None:
             self.paused.set()
         if self.said_hello:
@@ -596,8 +648,8 @@ class Session:
                                 connection_tags(self.user_agent, self.host))
         now = time.time()
         saving = [n for n in self.direct.values() if n.ttl and not n.expired(now)]
-        self.direct = {}
-        self.batch = {}
+        self.direct = NO_ITEMS
+        self.batch = NO_ITEMS
         if saving and self.table is not None:
             self._count("direct_saved", len(saving))
             node.pending.spawn(self.uaid, self._save_and_notify, saving, self.table)

@@ -37,6 +37,7 @@ import logging
 import select
 import socket
 import struct
+import sys
 import termios
 import time
 
@@ -165,17 +166,20 @@ class Transport:
     """
 
     __slots__ = (
-        "_ws", "_sock", "_read", "_lock", "_flags", "_pending", "_unsent_bound", "_max_frame",
+        "_ws", "_sock", "_reader", "_lock", "_flags", "_pending", "_unsent_bound", "_max_frame",
         "_high_water", "_close_wait", "_safety", "_timer", "_skip", "_closer",
         "ping_sent_at", "close_code", "peer_close_code",
     )
 
     def __init__(self, ws, max_frame_bytes: int, send_high_water: int, *,
-                 close_handshake_timeout: float = 0.0, close_safety: float | None = None):
+                 close_handshake_timeout: float = 0.0, close_safety: float | None = None,
+                 reader=None):
         self._ws = ws
         self._sock = ws.handler.socket
-        self._read = ws.stream.read
-        self._lock = Semaphore(1)
+        # The object, not its bound ``read`` (memory: a bound method per
+        # connection). By default the SocketReader _release_http_state put in.
+        self._reader = ws.handler.rfile if reader is None else reader
+        self._lock = None  # the send lock, made while in use (see _acquire_send_lock)
         self._flags = 0
         self._pending = 0
         self._unsent_bound = 0
@@ -265,7 +269,8 @@ class Transport:
         size = len(frame)
         self._pending += size
         try:
-            with self._lock:
+            self._acquire_send_lock()
+            try:
                 if self._flags & stop:
                     return False
                 try:
@@ -280,8 +285,28 @@ class Transport:
                     self._shutdown()
                     raise
                 return True
+            finally:
+                self._release_send_lock()
         finally:
             self._pending -= size
+
+    # The send lock exists only while someone holds or waits for it. Memory:
+    # a gevent Semaphore costs about 160 bytes, and an idle connection
+    # (nothing being sent) would keep one for its whole life.
+
+    def _acquire_send_lock(self, blocking=True):
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = Semaphore(1)
+        return lock.acquire(blocking)
+
+    def _release_send_lock(self):
+        lock = self._lock
+        lock.release()
+        if lock.counter == 1 and not lock.linkcount():
+            # Free, and no greenlet is waiting on this object: drop it. The
+            # next sender makes a new one (no switch can happen in between).
+            self._lock = None
 
     def _send_nowait(self, frame, stop):
         """Send a small control frame now if the lock is free and the socket
@@ -290,8 +315,7 @@ class Transport:
 
         Returns False if the socket is dead, the greenlet if one was
         spawned, else True."""
-        lock = self._lock
-        if lock.acquire(blocking=False):
+        if self._acquire_send_lock(blocking=False):
             if self._writable():
                 try:
                     self._sock.sendall(frame)
@@ -301,8 +325,8 @@ class Transport:
                     self._flags |= _DEAD
                     return False
                 finally:
-                    lock.release()
-            lock.release()
+                    self._release_send_lock()
+            self._release_send_lock()
         return gevent.spawn(self._send_frame, frame, stop)
 
     def _writable(self):
@@ -392,7 +416,7 @@ class Transport:
     # -- reading ------------------------------------------------------------
 
     def _read_exact(self, n):
-        data = self._read(n)
+        data = self._reader.read(n)
         if len(data) != n:
             raise _EndOfStream()
         return data
@@ -402,7 +426,7 @@ class Transport:
 
         Returns (first byte, masked, payload length).
         """
-        head = self._read(2)
+        head = self._reader.read(2)
         if len(head) != 2:
             raise _EndOfStream()
         b0 = head[0]
@@ -526,7 +550,7 @@ class Transport:
         self.close(code)
 
     def _discard(self, n):
-        read = self._read
+        read = self._reader.read
         while n > 0:
             chunk = read(min(n, _DISCARD_CHUNK))
             if not chunk:
@@ -598,11 +622,13 @@ class SocketReader:
     It also stands in for the handler's ``rfile`` so the buffer can be freed.
     """
 
-    __slots__ = ("_recv", "_pending", "closed")
+    __slots__ = ("_sock", "_pending", "closed")
     RECV_CHUNK = 2048
 
     def __init__(self, sock, pending=b""):
-        self._recv = sock.recv
+        # The socket, not its bound ``recv``: a bound method per connection
+        # costs memory; the attribute lookup at call time costs nothing much.
+        self._sock = sock
         self._pending = pending
         self.closed = False
 
@@ -611,19 +637,28 @@ class SocketReader:
         if len(data) >= n:
             self._pending = data[n:]
             return data[:n]
-        parts = [data]
-        have = len(data)
         self._pending = b""
+        # No list of parts until a second chunk is needed: an idle
+        # connection waits in the first recv, and whatever this frame holds
+        # meanwhile is held per client.
+        parts = None
+        have = len(data)
         while have < n:
             try:
-                chunk = self._recv(max(n - have, self.RECV_CHUNK))
+                chunk = self._sock.recv(max(n - have, self.RECV_CHUNK))
             except OSError:
                 chunk = b""
             if not chunk:
                 break
-            parts.append(chunk)
             have += len(chunk)
-        data = b"".join(parts)
+            if not data:
+                data = chunk
+            else:
+                if parts is None:
+                    parts = [data]
+                parts.append(chunk)
+        if parts is not None:
+            data = b"".join(parts)
         if have > n:
             self._pending = data[n:]
             data = data[:n]
@@ -643,6 +678,22 @@ class _NoHeaders(dict):
 _NO_HEADERS = _NoHeaders()
 
 
+class _FinishedInput:
+    """Stands in for the upgrade request's ``wsgi.input``. pywsgi only calls
+    its ``_discard()`` once the connection ends, and an upgrade has no body
+    to discard (the bytes after the headers are WebSocket frames)."""
+
+    __slots__ = ()
+
+    def _discard(self):
+        pass
+
+
+_FINISHED_INPUT = _FinishedInput()
+_SWITCHING_PROTOCOLS = "101 Switching Protocols"
+_SWITCHING_PROTOCOLS_BYTES = _SWITCHING_PROTOCOLS.encode("latin-1")
+
+
 def _release_http_state(ws):
     """Swap the handler's buffered reader for a :class:`SocketReader` (taking
     over any bytes it already buffered) and empty the request's environ; the
@@ -660,14 +711,33 @@ def _release_http_state(ws):
         sock.settimeout(timeout)
     reader = SocketReader(sock, bytes(ahead or b""))
     handler.rfile = reader
-    if handler.wsgi_input is not None:
-        handler.wsgi_input.rfile = reader
-    ws.stream.read = ws.raw_read = reader.read
+    handler.wsgi_input = _FINISHED_INPUT
+    # gevent-websocket's frame code is never used (see the module docstring):
+    # drop its stream, the bound methods it keeps and its UTF-8 validator, as
+    # its own WebSocket.close() does. Memory: about 0.3 KB per client. The
+    # Transport reads through ``reader`` (``handler.rfile``) and writes to
+    # ``handler.socket``.
+    ws.stream = ws.raw_read = ws.raw_write = None
+    ws.utf8validator = None
     if ws.environ is not None:
         ws.environ.clear()
     handler.headers = _NO_HEADERS  # the parsed request headers
-    handler.response_headers = []
+    # The response is sent: pywsgi touches its headers no more.
+    handler.response_headers = ()
+    # What pywsgi's request log reads at the end (request line, status) stays,
+    # as values shared by all connections rather than copies per client.
+    if handler._orig_status == _SWITCHING_PROTOCOLS:
+        handler._orig_status = _SWITCHING_PROTOCOLS
+        handler.status = _SWITCHING_PROTOCOLS_BYTES
+    handler.requestline = _shared(handler.requestline)
+    handler.command = _shared(handler.command)
+    handler.request_version = _shared(handler.request_version)
     return reader
+
+
+def _shared(value):
+    """An equal string shared with every other connection (``sys.intern``)."""
+    return sys.intern(value) if type(value) is str else value
 
 
 def serve_connection(ws, session_factory, settings, close_safety: float | None = None):
@@ -686,11 +756,11 @@ def serve_connection(ws, session_factory, settings, close_safety: float | None =
     is already complete (or TCP is gone) when reading ends, the socket is
     torn down before ``on_closed`` runs rather than after it.
     """
-    _release_http_state(ws)  # before the Transport binds ws.stream.read
+    reader = _release_http_state(ws)
     transport = Transport(
         ws, settings.max_frame_bytes, settings.send_high_water,
         close_handshake_timeout=settings.close_handshake_timeout,
-        close_safety=close_safety,
+        close_safety=close_safety, reader=reader,
     )
     session = None
     wait = True
@@ -856,13 +926,15 @@ class ConnectionHandler(WebSocketHandler):
         ws = self.websocket
         _open_websockets += 1
         try:
-            serve = getattr(self.application, "serve_websocket", None)
-            if serve is not None:
+            app = self.application
+            if getattr(app, "serve_websocket", None) is not None:
                 # A plain method call, for memory: calling an object with
                 # ``__call__`` goes through C (tp_call) and adds an
                 # interpreter frame to the C stack that greenlet saves for
-                # every idle connection blocked below this point.
-                serve(self.environ)
+                # every idle connection blocked below this point. Called as
+                # ``app.serve_websocket(...)``, not through a local: no bound
+                # method object stays alive in this frame (64 bytes a client).
+                app.serve_websocket(self.environ)
             else:
                 self._run_wsgi_websocket()
         finally:

@@ -458,6 +458,26 @@ def test_unacked_direct_messages_are_bounded(node):
     assert not session.busy
 
 
+def test_idle_session_holds_no_containers_of_its_own(node):
+    """Memory per idle client: ``direct``/``batch`` share one read-only empty
+    mapping and a register count is a plain int until more is counted."""
+    session, transport = connect(node)
+    uaid = hello(session, transport)["uaid"]
+    chid = str(uuid.uuid4())
+    session.on_text(json.dumps({"messageType": "register", "channelID": chid}))
+    assert transport.frames("register")[-1]["status"] == 200
+    assert session.direct is session_module.NO_ITEMS and session.batch is session_module.NO_ITEMS
+    assert session.stats == {"registers": 1} and session._counts is None
+    with pytest.raises(TypeError):
+        session_module.NO_ITEMS["x"] = 1
+    assert session.deliver_direct(Notification(uaid, chid, "v1", 60, int(time.time()),
+                                               sortkey_timestamp=1))
+    assert list(session.direct) == [(chid, "v1")] and not session_module.NO_ITEMS
+    session.on_text(json.dumps({"messageType": "ack", "updates": [{"channelID": chid, "version": "v1"}]}))
+    assert session.stats == {"registers": 1, "direct_acked": 1}
+    close(session, transport)
+    assert session.direct is session_module.NO_ITEMS and not session_module.NO_ITEMS
+
 def test_direct_message_queued_behind_hello_reply(node):
     session, transport = connect(node)
     original = node.storage.router.register_user

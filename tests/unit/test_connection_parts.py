@@ -45,6 +45,39 @@ def test_timer_callback_failure_does_not_stop_the_others():
     assert done.wait(2)
 
 
+def test_cancelled_timer_never_fires_and_lets_go_of_its_callback():
+    timers = Timers()
+    fired = []
+    done = Event()
+    held = [object()]
+    entry = timers.call_later(0.01, fired.append, held)
+    timers.call_later(0.03, done.set)
+    timers.cancel(entry)
+    # Memory: nothing of the callback or its arguments is kept by the heap.
+    assert entry.cancelled and entry.callback is None and entry.args == ()
+    timers.cancel(entry)  # twice, or None: nothing happens
+    timers.cancel(None)
+    assert done.wait(2)
+    assert fired == []
+    ran = timers.call_later(0, fired.append, "ran")
+    gevent.sleep(0.02)
+    timers.cancel(ran)  # after it ran: nothing happens
+    assert fired == ["ran"] and len(timers) == 0
+
+
+def test_cancelled_timers_are_dropped_from_the_heap_in_bulk():
+    timers = Timers()
+    done = Event()
+    live = [timers.call_later(60, lambda: None) for _ in range(300)]
+    # Fewer than half: the heap is rebuilt before they outnumber live entries.
+    doomed = [timers.call_later(60, lambda: None) for _ in range(120)]
+    assert len(timers) == 420
+    for entry in doomed:
+        timers.cancel(entry)
+    assert len(timers) < 330 and all(not entry.cancelled for entry in live)
+    timers.call_later(0.01, done.set)  # the runner still sees the earliest deadline
+    assert done.wait(2)
+
 def test_barrier_waits_only_for_writes_registered_before():
     pending = PendingWrites()
     release = Event()

@@ -238,6 +238,48 @@ def recv_close_code(ws):
 
 # -- pure helpers ----------------------------------------------------------------
 
+def test_socket_reader_exact_reads_across_chunks_and_read_ahead():
+    from gevent import socket as gsocket
+    left, right = gsocket.socketpair()
+    try:
+        reader = cnws.SocketReader(left, b"ab")
+        assert reader.read(1) == b"a"  # from the bytes sent ahead
+        right.sendall(b"cd")
+        assert reader.read(3) == b"bcd"  # ahead + one recv
+        sender = gevent.spawn(lambda: [right.sendall(part) or gevent.sleep(0.01)
+                                       for part in (b"ef", b"gh", b"ijk")])
+        assert reader.read(6) == b"efghij"  # several recvs, the rest kept
+        sender.join(WAIT)
+        assert reader.read(1) == b"k"
+        right.close()
+        assert reader.read(4) == b""  # EOF
+    finally:
+        left.close()
+
+def test_upgraded_connection_keeps_no_http_leftovers_and_ends_cleanly(server):
+    handler_class = server.server.handler_class
+    logged, errors = [], []
+    handler_class.log_request = lambda self: logged.append(self.format_request())
+    handler_class.handle_error = lambda self, *exc_info: errors.append(exc_info)
+    client = RawClient(server.port)
+    transport = server.session().transport
+    ws = transport._ws
+    handler = ws.handler
+    # Memory: gevent-websocket's stream and validator, the request's input
+    # object and response headers are gone; the log's strings are shared.
+    assert ws.stream is None and ws.raw_read is None and ws.utf8validator is None
+    assert handler.wsgi_input is cnws._FINISHED_INPUT and handler.response_headers == ()
+    assert handler._orig_status is cnws._SWITCHING_PROTOCOLS
+    assert handler.requestline == "GET / HTTP/1.1"
+    client.send(client_frame(0x8, struct.pack("!H", 1000)))
+    assert client.recv_close_code() == 1000
+    client.assert_eof()
+    deadline = time.monotonic() + WAIT
+    while not logged and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert errors == []
+    assert len(logged) == 1 and '"GET / HTTP/1.1" 101 ' in logged[0]
+
 def test_unmask_matches_the_definition():
     for n in (0, 1, 3, 4, 5, 125, 126, 4096, 65537):
         data = os.urandom(n)
@@ -508,6 +550,24 @@ def test_close_does_not_block_behind_a_stuck_sender(server):
     sender.join(WAIT)
     assert sender.value is True
 
+
+def test_send_lock_exists_only_while_in_use_and_frames_never_interleave(server):
+    client = RawClient(server.port, rcvbuf=4096)
+    transport = server.session().transport
+    assert transport.send("hello")
+    assert client.recv_frame() == (0x1, b"hello")
+    assert transport._lock is None  # memory: an idle connection holds no lock object
+    sender, big = _stuck_sender(transport)
+    assert transport._lock is not None
+    second = gevent.spawn(transport.send, "second")
+    gevent.sleep(0.05)
+    assert not second.ready()  # waits for the stuck frame
+    assert client.recv_frame() == (0x1, big)
+    assert client.recv_frame() == (0x1, b"second")
+    sender.join(WAIT)
+    second.join(WAIT)
+    assert sender.value is True and second.value is True
+    assert transport._lock is None
 
 def test_close_is_idempotent(server):
     client = RawClient(server.port)
