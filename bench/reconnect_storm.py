@@ -17,8 +17,8 @@ Baseline: ``baseline_db storm`` in its own process against the same dynalite:
 5,000 greenlets spawned at once, each one ``register_user``-shaped
 conditional UpdateItem plus one Query of its messages. Target: connection
 node <= 1.25x the baseline. For reference (no target), ``baseline_db`` also
-runs every storage call a resumed hello makes (GetItem, UpdateItem, two
-Queries) in the first repeat.
+runs every storage call a resumed hello makes (GetItem, UpdateItem, the
+check's one Query) in the first repeat.
 """
 import os
 import tempfile
@@ -137,7 +137,7 @@ def plot(samples):
     fig, axis = plt.subplots(figsize=(7, 4))
     colours = {"connnode": "C0", "baseline": "C1", "baseline_full": "C2"}
     labels = {"connnode": "connection node", "baseline": "baseline (UpdateItem + Query)",
-              "baseline_full": "bare calls of a hello (Get+Update+2 Query)"}
+              "baseline_full": "bare calls of a hello (Get+Update+Query)"}
     for system in ("connnode", "baseline", "baseline_full"):
         for i, sample in enumerate(samples[system]):
             done = sample["done"]
