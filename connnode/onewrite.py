@@ -14,8 +14,7 @@ instead of two is a visible share of the endpoint's time per message.
 non-bytes bodies and requests that wait for ``100 Continue`` go out as they
 come. ``one_write_pools()`` gives urllib3 pool classes that use it, for a
 ``PoolManager``'s ``pool_classes_by_scheme``; ``use_one_write(client)`` puts
-them into a boto3 client's connection pools. ``OneWriteResponseMixin`` does
-the same for the answers of a gevent ``pywsgi`` server (the router).
+them into a boto3 client's connection pools.
 """
 import logging
 
@@ -58,36 +57,6 @@ class OneWriteMixin:
         held, self._held, self._held_bytes = self._held, None, 0
         if held:
             super().send(b"".join(held))
-
-
-class OneWriteResponseMixin:
-    """For a gevent ``pywsgi.WSGIHandler``: the status line and headers go out
-    in one write with the first body chunk (pywsgi writes them separately, so
-    every small answer of the router cost two writes)."""
-
-    _held = None
-
-    def _write_with_headers(self, data):
-        self._held = bytearray()
-        try:
-            super()._write_with_headers(data)
-        except BaseException:
-            self._held = None
-            raise
-        held, self._held = self._held, None
-        if held:
-            super()._sendall(held)
-
-    def _sendall(self, data):
-        if self._held is None:
-            return super()._sendall(data)
-        if len(self._held) + len(data) <= FLUSH_BYTES:
-            self._held += data
-            return None
-        held, self._held = self._held, bytearray()
-        if held:
-            super()._sendall(held)
-        return super()._sendall(data)
 
 
 def _pool_classes(http_connection, https_connection, http_pool, https_pool):

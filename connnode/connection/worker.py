@@ -207,13 +207,10 @@ def router_listener(host, port, backlog=ROUTER_BACKLOG):
 
 def make_router_server(listener, app, server_name, error_log=None):
     """A pywsgi server for the router app: no access log (not even the
-    formatting of one), TCP_NODELAY on every connection, each answer in one
-    write (connnode/onewrite.py)."""
+    formatting of one), TCP_NODELAY on every connection."""
     from gevent import pywsgi, socket
 
-    from connnode.onewrite import OneWriteResponseMixin
-
-    class QuietHandler(OneWriteResponseMixin, pywsgi.WSGIHandler):
+    class QuietHandler(pywsgi.WSGIHandler):
         def log_request(self):
             pass
 
