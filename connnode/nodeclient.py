@@ -18,6 +18,7 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from connnode.encoding import compact_json
+from connnode.onewrite import one_write_pools
 
 POOL_MAXSIZE = 50
 # Distinct nodes kept in the pool manager before the least recently used
@@ -38,6 +39,8 @@ class NodeClient:
                                        total=settings.router_request_timeout)
         self.pool = urllib3.PoolManager(num_pools=NUM_POOLS, maxsize=POOL_MAXSIZE, block=False,
                                         timeout=self.timeout, retries=False)
+        # One write per request (header block and body together): connnode/onewrite.py.
+        self.pool.pool_classes_by_scheme = one_write_pools()
 
     def put(self, url, json_body=None):
         """PUT ``url`` (with a compact JSON body if given); the HTTP status."""

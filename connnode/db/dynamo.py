@@ -44,6 +44,8 @@ def make_client(settings, max_attempts=3, connect_timeout=5, read_timeout=10, po
     import boto3
     from botocore.config import Config
 
+    from connnode.onewrite import use_one_write
+
     config = Config(
         max_pool_connections=pool or settings.ddb_max_pool_connections,
         retries={"mode": "standard", "max_attempts": max_attempts},
@@ -57,7 +59,7 @@ def make_client(settings, max_attempts=3, connect_timeout=5, read_timeout=10, po
         if not os.environ.get("AWS_ACCESS_KEY_ID"):
             kwargs["aws_access_key_id"] = "connnode"
             kwargs["aws_secret_access_key"] = "connnode"
-    return boto3.session.Session().client("dynamodb", **kwargs)
+    return use_one_write(boto3.session.Session().client("dynamodb", **kwargs))
 
 
 def _outcome(function, args):
