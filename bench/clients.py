@@ -49,6 +49,32 @@ def hello_frame(uaid=None):
     return json.dumps(message)
 
 
+async def hello_and_register(conn, uaid, register, timeout):
+    """Say hello on ``conn`` (resuming ``uaid`` if given) and, if asked,
+    register one channel; (uaid, chid, push endpoint), the last two None
+    without a register. Aborts the connection and raises on a failed step."""
+    chid = endpoint = None
+    try:
+        conn.send_text(hello_frame(uaid))
+        reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
+        if reply.get("messageType") != "hello" or reply.get("status") != 200:
+            raise RuntimeError(f"hello failed: {reply}")
+        if register:
+            chid = str(uuid.uuid4())
+            conn.send_text(json.dumps({"messageType": "register", "channelID": chid}))
+            while True:
+                answer = json.loads(await asyncio.wait_for(conn.recv(), timeout))
+                if answer.get("messageType") == "register":
+                    break
+            endpoint = answer.get("pushEndpoint")
+            if answer.get("status") != 200 or not endpoint:
+                raise RuntimeError(f"register failed: {answer}")
+    except BaseException:
+        conn.abort()
+        raise
+    return reply["uaid"], chid, endpoint
+
+
 class Clients:
     def __init__(self):
         self.conns = []
@@ -61,25 +87,9 @@ class Clients:
     # -- connect ------------------------------------------------------------------
     async def _one(self, host, port, uaid, register, timeout):
         conn = await connect(host, port, timeout=timeout)
-        try:
-            conn.send_text(hello_frame(uaid))
-            reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-            if reply.get("messageType") != "hello" or reply.get("status") != 200:
-                raise RuntimeError(f"hello failed: {reply}")
-            if register:
-                chid = str(uuid.uuid4())
-                conn.send_text(json.dumps({"messageType": "register", "channelID": chid}))
-                while True:
-                    answer = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-                    if answer.get("messageType") == "register":
-                        break
-                if answer.get("status") != 200:
-                    raise RuntimeError(f"register failed: {answer}")
-        except BaseException:
-            conn.abort()
-            raise
+        uaid, _, _ = await hello_and_register(conn, uaid, register, timeout)
         conn.on_text = self._count
-        conn.user = reply["uaid"]
+        conn.user = uaid
         return conn
 
     async def cmd_connect(self, host, port, count, register=False, uaids=None,

@@ -223,6 +223,21 @@ def free_port_block(count):
     raise RuntimeError("no block of free ports")
 
 
+def node_env(dynalite, tables, key, **options):
+    """The environment of a node process: ``CONNNODE_*`` settings for this
+    dynalite, these tables and key, statsd off, plus ``options`` (upper-case
+    names are passed as they are, e.g. ``WEB_CONCURRENCY``); no ini file."""
+    settings = {"aws_ddb_endpoint": dynalite.endpoint, "router_tablename": tables["router"],
+                "message_tablename": tables["message"], "crypto_key": key,
+                "hostname": "127.0.0.1", "statsd_host": ""}
+    plain = {name: value for name, value in options.items() if name.isupper()}
+    settings.update({name: value for name, value in options.items() if not name.isupper()})
+    env = child_env(**plain, **{f"CONNNODE_{name.upper()}": value
+                                for name, value in settings.items()})
+    env.pop("CONNNODE_CONFIG", None)
+    return env
+
+
 class ConnectionNode:
     """The connection node as production runs it (``gunicorn.conf.py``), one
     worker unless told otherwise, as a child process in its own session."""
@@ -232,22 +247,9 @@ class ConnectionNode:
         self.port = port or free_port()
         self.router_port = router_port or free_port_block(2 * workers)
         self.workers = workers
-        settings = {
-            "aws_ddb_endpoint": dynalite.endpoint,
-            "router_tablename": tables["router"],
-            "message_tablename": tables["message"],
-            "crypto_key": key,
-            "hostname": "127.0.0.1",
-            "port": self.port,
-            "router_port": self.router_port,
-            "statsd_host": "",
-            "endpoint_url": "http://127.0.0.1:8082",
-            "hello_timeout": 300,
-        }
-        settings.update(options)
-        self.env = child_env(WEB_CONCURRENCY=workers,
-                             **{f"CONNNODE_{name.upper()}": value for name, value in settings.items()})
-        self.env.pop("CONNNODE_CONFIG", None)
+        self.env = node_env(dynalite, tables, key, **{
+            "WEB_CONCURRENCY": workers, "port": self.port, "router_port": self.router_port,
+            "endpoint_url": "http://127.0.0.1:8082", "hello_timeout": 300, **options})
         self.log_name = log_name
         self.process = None
 
@@ -471,9 +473,17 @@ def pyplot():
     return plt
 
 
-def plot_path(name):
+def save_plot(plt, fig, axes, name, grid_which="major", legend_size=None):
+    """Grid and legend on ``axes``, then ``bench/results/<name>.png``; its path."""
+    for axis in axes:
+        axis.grid(True, which=grid_which, alpha=0.3)
+        axis.legend(fontsize=legend_size)
+    fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    return RESULTS / f"{name}.png"
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def machine():

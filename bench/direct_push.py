@@ -27,7 +27,7 @@ import time
 import uuid
 
 from bench.common import (ConnectionNode, CpuMeter, Dynalite, Fleet, Popen, Server, crypto_key,
-                          machine, median, plot_path, pyplot, raise_nofile, row, table_names)
+                          machine, median, save_plot, pyplot, raise_nofile, row, table_names)
 
 NAME = "direct-push"
 CLIENTS = 1000
@@ -173,10 +173,4 @@ def plot(samples):
               title="PUT /push p99 latency", xscale="log")
     for axis in (left, right):
         axis.set_xticks(LEVELS, [str(level) for level in LEVELS])
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    fig.tight_layout()
-    path = plot_path(NAME)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(plt, fig, (left, right), NAME)

@@ -30,9 +30,8 @@ import asyncio
 import json
 import os
 import time
-import uuid
 
-from bench.clients import Clients, hello_frame, serve_commands
+from bench.clients import Clients, hello_and_register, serve_commands
 from bench.wsclient import ConnectionClosed, connect
 
 
@@ -82,24 +81,8 @@ class EndToEndClients(Clients):
     # -- subscribe ---------------------------------------------------------------------
     async def _subscribe_one(self, host, port, timeout):
         conn = await connect(host, port, timeout=timeout)
-        try:
-            conn.send_text(hello_frame())
-            reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-            if reply.get("messageType") != "hello" or reply.get("status") != 200:
-                raise RuntimeError(f"hello failed: {reply}")
-            chid = str(uuid.uuid4())
-            conn.send_text(json.dumps({"messageType": "register", "channelID": chid}))
-            while True:
-                answer = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-                if answer.get("messageType") == "register":
-                    break
-            if answer.get("status") != 200 or not answer.get("pushEndpoint"):
-                raise RuntimeError(f"register failed: {answer}")
-        except BaseException:
-            conn.abort()
-            raise
+        conn.user = list(await hello_and_register(conn, None, True, timeout))
         conn.on_text = self._on_frame
-        conn.user = [reply["uaid"], chid, answer["pushEndpoint"]]
         return conn
 
     async def cmd_subscribe(self, host, port, count, concurrency=100, timeout=120.0):

@@ -66,10 +66,9 @@ import time
 from urllib.parse import urlsplit
 
 from bench.common import (ROOT, ClientProcess, ConnectionNode, CpuMeter, Dynalite,
-                          Fleet, Popen, child_env, children_of, crypto_key,
-                          die_with_parent, free_port, log_file, machine, median, percentile,
-                          plot_path, pyplot, raise_nofile, ratio, stop_process, table_names,
-                          wait_http_ok)
+                          Fleet, Popen, children_of, crypto_key, die_with_parent, free_port,
+                          log_file, machine, median, node_env, percentile, pyplot, raise_nofile,
+                          ratio, save_plot, stop_process, table_names, wait_http_ok)
 
 NAME = "end-to-end"
 CLIENTS = 1000
@@ -145,20 +144,9 @@ class EndpointNode:
                  **options):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        settings = {
-            "aws_ddb_endpoint": dynalite.endpoint,
-            "router_tablename": tables["router"],
-            "message_tablename": tables["message"],
-            "crypto_key": key,
-            "hostname": "127.0.0.1",
-            "endpoint_port": self.port,
-            "endpoint_url": self.url,
-            "statsd_host": "",
-        }
-        settings.update(options)
-        self.env = child_env(WEB_CONCURRENCY_ENDPOINT=workers,
-                             **{f"CONNNODE_{name.upper()}": value for name, value in settings.items()})
-        self.env.pop("CONNNODE_CONFIG", None)
+        self.env = node_env(dynalite, tables, key, **{
+            "WEB_CONCURRENCY_ENDPOINT": workers, "endpoint_port": self.port,
+            "endpoint_url": self.url, **options})
         self.env.pop("WEB_CONCURRENCY", None)
         self.log_name = log_name
         self.process = None
@@ -494,11 +482,4 @@ def plot(samples, rates):
     right.plot([low, top], [low, top], ":", color="grey", label="offered")
     right.set(xlabel="offered rate (msg/s, log)", ylabel="answered 201 / 200 per s (log)",
               xscale="log", yscale="log", title="achieved vs offered (1 + 1 workers, 1,000 clients)")
-    for axis in (left, right):
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
-    fig.tight_layout()
-    path = plot_path(NAME)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(plt, fig, (left, right), NAME, grid_which="both", legend_size=7)

@@ -18,7 +18,7 @@ connection node <= 1.1x the baseline per client.
 import time
 
 from bench.common import (ConnectionNode, Dynalite, Fleet, Server, crypto_key, machine, median,
-                          plot_path, pyplot, raise_nofile, row, settle_rss, table_names)
+                          save_plot, pyplot, raise_nofile, row, settle_rss, table_names)
 
 NAME = "idle-memory"
 LEVELS = (1000, 5000, 15000)
@@ -110,10 +110,4 @@ def plot(samples):
     axis.set(xlabel="connected idle clients", ylabel="worker RSS growth per client (KB)",
              title="idle WebSocket memory (1 worker)", xscale="log", ylim=(0, None))
     axis.set_xticks(LEVELS, [f"{level:,}" for level in LEVELS])
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    fig.tight_layout()
-    path = plot_path(NAME)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(plt, fig, (axis,), NAME)

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from bench.common import (ConnectionNode, Dynalite, Fleet, crypto_key, free_port, free_port_block,
-                          machine, median, percentile, plot_path, pyplot, raise_nofile, row,
+                          machine, median, percentile, save_plot, pyplot, raise_nofile, row,
                           run_script, table_names)
 
 NAME = "reconnect-storm"
@@ -147,10 +147,4 @@ def plot(samples):
                       alpha=0.8, label=labels[system] if i == 0 else None)
     axis.set(xlabel="seconds since the storm began", ylabel="clients done",
              title=f"reconnect storm: {CLIENTS:,} clients (each repeat one line)")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    fig.tight_layout()
-    path = plot_path(NAME)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(plt, fig, (axis,), NAME)

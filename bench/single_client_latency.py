@@ -13,7 +13,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -24,6 +23,7 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 import requests  # noqa: E402
 
+from bench.common import children_of, cpu_seconds  # noqa: E402
 from connnode.embedded import Dynalite  # noqa: E402
 from tests.harness import ConnectionNode, EndpointNode, PushClient  # noqa: E402
 
@@ -37,11 +37,7 @@ def percentile(samples, fraction):
 
 def worker_cpu_seconds(master_pid):
     """User + system CPU seconds of the gunicorn master's children."""
-    total = 0
-    for pid in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_seconds(pid) for pid in children_of(master_pid))
 
 
 def main():

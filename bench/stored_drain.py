@@ -24,7 +24,7 @@ import os
 import tempfile
 
 from bench.common import (ConnectionNode, Dynalite, Fleet, crypto_key, free_port, free_port_block,
-                          machine, median, plot_path, pyplot, raise_nofile, row, run_script,
+                          machine, median, save_plot, pyplot, raise_nofile, row, run_script,
                           table_names)
 
 NAME = "stored-drain"
@@ -111,10 +111,4 @@ def plot(samples):
             axis.plot(times, range(1, len(times) + 1), color=colour, alpha=0.8,
                       label=labels[system] if i == 0 else None)
     axis.set(xlabel="seconds", ylabel="messages", title=f"draining {MESSAGES:,} stored messages")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    fig.tight_layout()
-    path = plot_path(NAME)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(plt, fig, (axis,), NAME)
