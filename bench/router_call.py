@@ -61,11 +61,13 @@ class NodeSettings:
 
 
 class Node:
+    """Stands in for the node (the router app's view) and its session context."""
     settings = NodeSettings()
     timers = metrics = Quiet()
 
     def __init__(self):
         self.registry = {}
+        self.context = self
 
 
 class WebSocketStub:
@@ -77,7 +79,7 @@ def main():
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     sink = SinkSocket()
     node = Node()
-    session = Session(node, Transport(WebSocketStub(sink), 65536, 65536, reader=object()), 1)
+    session = Session(node.context, Transport(WebSocketStub(sink), 65536, 65536, reader=object()), 1)
     session.state, session.uaid = READY, uuid.uuid4().hex
     node.registry[session.uaid] = session
     baseline_server.CLIENTS[session.uaid] = sink

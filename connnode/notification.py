@@ -4,17 +4,24 @@ One class knows every shape a message takes (PROTOCOL.md 2.7 frame, 3.2
 router body, 6.3 storage item and sort key) and the expiry rule, so the
 endpoint, the router API, the drain and the storage layer cannot drift apart.
 """
+import re
+import time
+
 from connnode.encoding import compact_json
+from connnode.protocol import is_json_int
 
 CHANNEL_ROW_KEY = " "
+# A DynamoDB table name (3-255 of [a-zA-Z0-9_.-]).
+_is_table_name = re.compile(r"[A-Za-z0-9_.-]{3,255}").fullmatch
 
 
 class Notification:
     __slots__ = ("uaid", "chid", "version", "ttl", "timestamp", "topic",
-                 "sortkey_timestamp", "data", "headers", "legacy_sort_key")
+                 "sortkey_timestamp", "data", "headers", "legacy_sort_key", "stored_in")
 
     def __init__(self, uaid, chid, version, ttl, timestamp, topic=None,
-                 sortkey_timestamp=None, data=None, headers=None, legacy_sort_key=None):
+                 sortkey_timestamp=None, data=None, headers=None, legacy_sort_key=None,
+                 stored_in=None):
         self.uaid = uaid
         self.chid = chid
         self.version = version
@@ -25,6 +32,9 @@ class Notification:
         self.data = data or None
         self.headers = headers if self.data else None
         self.legacy_sort_key = legacy_sort_key
+        #: The message table already holding this message (durable direct
+        #: delivery: stored before the endpoint's 201), or None.
+        self.stored_in = stored_in
 
     def __repr__(self):
         return f"<Notification {self.sort_key} ttl={self.ttl}>"
@@ -62,20 +72,33 @@ class Notification:
         if self.data:
             body["data"] = self.data
             body["headers"] = self.headers or {}
+        if self.stored_in is not None:
+            body["stored_in"] = self.stored_in
         return body
 
     @classmethod
-    def from_push_body(cls, uaid, body):
-        """Build from a PUT /push body; ValueError when it is not usable."""
+    def from_push_body(cls, uaid, body, now=None):
+        """Build from a PUT /push body; ValueError when it is not usable.
+
+        3.2 requires only ``channelID`` and ``version``. A missing ``ttl`` is
+        0 (deliver now, never saved), a missing ``timestamp`` is ``now``,
+        and a message with neither ``topic`` nor ``sortkey_timestamp`` gets
+        the receipt time in microseconds as its sort key, should it be saved
+        at close. ``stored_in`` (ours, durable direct delivery) names the
+        message table that already holds the message."""
         if not isinstance(body, dict):
             raise ValueError("body is not an object")
         chid, version = body.get("channelID"), body.get("version")
         if not isinstance(chid, str) or not isinstance(version, str):
             raise ValueError("channelID and version must be strings")
-        ttl, timestamp = body.get("ttl", 0), body.get("timestamp", 0)
+        now = time.time() if now is None else now
+        ttl, timestamp = body.get("ttl", 0), body.get("timestamp", int(now))
         topic, skt = body.get("topic"), body.get("sortkey_timestamp")
         data, headers = body.get("data"), body.get("headers")
-        if not _is_int(ttl) or not _is_int(timestamp) or (skt is not None and not _is_int(skt)):
+        stored_in = body.get("stored_in")
+        if stored_in is not None and not (isinstance(stored_in, str) and _is_table_name(stored_in)):
+            raise ValueError("stored_in must be a table name")
+        if not is_json_int(ttl) or not is_json_int(timestamp) or (skt is not None and not is_json_int(skt)):
             raise ValueError("ttl, timestamp and sortkey_timestamp must be integers")
         if topic is not None and not isinstance(topic, str):
             raise ValueError("topic must be a string or null")
@@ -85,9 +108,9 @@ class Notification:
                                         and all(isinstance(v, str) for v in headers.values())):
             raise ValueError("headers must be an object of strings")
         if topic is None and skt is None:
-            raise ValueError("a message needs a topic or a sortkey_timestamp")
+            skt = int(now * 1_000_000)
         return cls(uaid, chid, version, ttl, timestamp, topic=topic, sortkey_timestamp=skt,
-                   data=data, headers=headers)
+                   data=data, headers=headers, stored_in=stored_in)
 
     # -- storage (6.3) -------------------------------------------------------
     def item(self, now, max_ttl):
@@ -118,6 +141,3 @@ class Notification:
                    int(item.get("timestamp", 0)), topic=topic, sortkey_timestamp=skt,
                    data=item.get("data"), headers=item.get("headers"), legacy_sort_key=legacy)
 
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,7 +1,8 @@
 """The WebSocket wire format of the connection node (PROTOCOL.md section 2).
 
 ``parse_client_frame`` turns one client text frame into a small immutable
-message or raises ``ProtocolViolation`` (close 1002); register/unregister
+message or raises ``MessageViolation`` carrying its close row (1002, or 1007
+for text that cannot have come from UTF-8); register/unregister
 validation errors come back as ready-to-send reply text on the message. The
 builders produce every other server frame as compact JSON (notification
 frames live in ``notification.py``). Keeping this pure (no sockets, storage or
@@ -29,13 +30,15 @@ from dataclasses import dataclass
 
 import simplejson
 
+from connnode.connection.closes import Close
 from connnode.encoding import b64url_decode, compact_json, load_p256_public_key
 
 MORE_INFO = "http://autopush.readthedocs.io/en/latest/api/websocket.html#private-http-endpoint"
 PING_REPLY = "{}"
 MAX_NESTING = 64
 
-_UAID_RE = re.compile(r"[0-9a-f]{32}")
+#: A uaid as the wire and the router API carry it: 32 lowercase hex digits (1.1).
+is_uaid = re.compile(r"[0-9a-f]{32}").fullmatch
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -44,14 +47,14 @@ _JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
 _ABSENT = object()
 
 
-class ProtocolViolation(Exception):
-    """The frame breaks PROTOCOL 2.2; the caller closes with ``close_code``."""
+class MessageViolation(Exception):
+    """A text message breaks PROTOCOL 2.2; the session closes with ``row``
+    (a ``Close`` row). Frames that break RFC 6455 are the transport's
+    ``FrameViolation``."""
 
-    close_code = 1002
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, row):
+        super().__init__(row.reason)
+        self.row = row
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,26 +121,26 @@ class BroadcastSubscribe:
 
 
 def parse_client_frame(text: str, hello_done: bool):
-    """One client text frame -> message, or raise ProtocolViolation (2.2 steps 3-6)."""
+    """One client text frame -> message, or raise MessageViolation (2.2 steps 3-6)."""
     if _SURROGATE_RE.search(text):
-        raise ProtocolViolation("invalid UTF-8")
+        raise MessageViolation(Close.INVALID_UTF8)
     try:
         obj = simplejson.loads(text, use_decimal=True, allow_nan=False)
     except (ValueError, RecursionError) as exc:
-        raise ProtocolViolation("invalid JSON") from exc
+        raise MessageViolation(Close.INVALID_JSON) from exc
     if not isinstance(obj, dict):
-        raise ProtocolViolation("not a JSON object")
+        raise MessageViolation(Close.NOT_AN_OBJECT)
     if _nesting_exceeds(text, MAX_NESTING):
-        raise ProtocolViolation("JSON nested too deep")
+        raise MessageViolation(Close.TOO_DEEP)
     message_type = obj.get("messageType")
     if not hello_done:
         if message_type != "hello":
-            raise ProtocolViolation("first message must be hello")
+            raise MessageViolation(Close.HELLO_FIRST)
         return _parse_hello(obj)
     if not obj or message_type == "ping":
         return Ping()
     if not isinstance(message_type, str) or message_type not in _PARSERS:
-        raise ProtocolViolation("missing or unknown messageType")
+        raise MessageViolation(Close.UNKNOWN_MESSAGE_TYPE)
     return _PARSERS[message_type](obj)
 
 
@@ -160,7 +163,7 @@ def _nesting_exceeds(text, limit):
 
 def _parse_hello(obj):
     uaid = obj.get("uaid")
-    if not (isinstance(uaid, str) and _UAID_RE.fullmatch(uaid)):
+    if not (isinstance(uaid, str) and is_uaid(uaid)):
         uaid = None
     return Hello(uaid=uaid, use_webpush=_json_truthy(obj.get("use_webpush")))
 
@@ -209,7 +212,7 @@ def _decode_key(value):
 
 def _parse_unregister(obj):
     code = obj.get("code")
-    code = code if _is_int(code) else None
+    code = code if is_json_int(code) else None
     if "channelID" not in obj:
         return Unregister(None, code, unregister_error("Missing ChannelID"), obj)
     chid = _canonical_uuid(obj["channelID"])
@@ -256,12 +259,13 @@ def _canonical_uuid(value):
     return None
 
 
-def _is_int(value):
+def is_json_int(value):
+    """A JSON integer token: ``true``, ``200.0`` and ``"200"`` are not."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _int_or_zero(value):
-    return value if _is_int(value) else 0
+    return value if is_json_int(value) else 0
 
 
 # -- server frames ---------------------------------------------------------

@@ -91,6 +91,9 @@ OPTIONS = {
     "router_request_timeout": (_seconds, 3.0),
     "table_rotation_interval": (_seconds, 60.0),
     "ddb_max_pool_connections": (_count, 100),
+    # ours: the endpoint node's bound on one DynamoDB call, retries included;
+    # past it the POST answers 503 (a hung store must not hold publishers)
+    "ddb_call_timeout": (_seconds, 3.0),
     # 9.2 connection node
     "port": (_port, 8080),
     "router_hostname": (_str, None),
@@ -114,6 +117,9 @@ OPTIONS = {
     "max_data_bytes": (_count, 5630),
     "cors": (_parse_bool, True),
     "sts_max_age": (_count, 31536000),
+    # ours: durable direct delivery (README "Durable delivery"): a message with
+    # TTL > 0 is stored before the 201, handed to its holder, and deleted on ack
+    "durable_direct": (_parse_bool, True),
 }
 
 

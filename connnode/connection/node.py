@@ -1,6 +1,7 @@
 """Everything one connection-node process shares between its connections:
 settings, storage, the local registry, timers, the pending-write barrier,
-metrics, the node-to-node client and this process's node_id.
+metrics, the node-to-node client and this process's node_id. Sessions see
+only the part of it they need, ``Node.context`` (``context.py``).
 
 ``build_node`` is called once per worker, after gevent's monkey patching (so
 boto3 is imported patched), and returns the node with its two WSGI apps.
@@ -8,18 +9,19 @@ boto3 is imported patched), and returns the node with its two WSGI apps.
 import logging
 import sys
 import time
-import uuid
 
 import gevent
 
+from connnode.connection.closes import Close
+from connnode.connection.context import Peers, SessionContext
+from connnode.connection.deletes import AckedDeletes
 from connnode.connection.pending import PendingWrites
 from connnode.connection.registry import Registry
 from connnode.connection.session import Session
 from connnode.connection.timers import Timers
 from connnode.crypto import hash_uaid
 from connnode.db.dynamo import StorageError
-from connnode.nodeclient import NodeConnectionError
-from connnode.useragent import families
+from connnode.useragent import families, host_tag
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("connnode.connection.summary")
@@ -40,30 +42,10 @@ class Node:
         self.router_app = None
         self.public_app = None
         self._rotation = None
-
-    # -- what sessions ask of the node -----------------------------------------
-    @staticmethod
-    def new_uaid():
-        return uuid.uuid4().hex
-
-    def endpoint_for(self, uaid, chid, key_raw):
-        token = self.storage.crypto.endpoint_token(uaid, chid, key_raw)
-        version = "v2" if key_raw is not None else "v1"
-        return f"{self.settings.endpoint_url}/wpush/{version}/{token}"
-
-    def evict_elsewhere(self, node_id, uaid, connected_at):
-        """Hello step 5: ask the previous node to drop its connection."""
-        try:
-            self.node_client.delete(f"{node_id}/notif/{uaid}/{int(connected_at)}")
-        except NodeConnectionError as exc:
-            log.info("evicting %s at %s failed: %s", self.log_uaid(uaid), node_id, exc)
-
-    def notify_node(self, node_id, uaid):
-        """2.16 step 5: tell the user's current node that storage has news."""
-        try:
-            self.node_client.put(f"{node_id}/notif/{uaid}")
-        except NodeConnectionError as exc:
-            log.info("notifying %s failed: %s", node_id, exc)
+        self.context = SessionContext(
+            settings, storage, metrics, self.registry, self.timers, self.pending,
+            AckedDeletes(storage, self.pending), node_id, Peers(node_client, self.log_uaid),
+            self.session_ended)
 
     def log_uaid(self, uaid):
         """The uaid as logs may show it: hashed when key_hash is set."""
@@ -95,12 +77,12 @@ class Node:
         # Shared with every other client sending the same value (sys.intern),
         # not a copy per connection: memory per idle client.
         user_agent = sys.intern(environ.get("HTTP_USER_AGENT", ""))
-        host = sys.intern(environ.get("HTTP_HOST", ""))
+        host = host_tag(environ.get("HTTP_HOST", ""), self.settings.hostname)
         connected_at = int(time.time() * 1000)
 
         def make(transport):
             self.connections += 1
-            return Session(self, transport, connected_at, user_agent, host)
+            return Session(self.context, transport, connected_at, user_agent, host)
         return make
 
     # -- life cycle -------------------------------------------------------------
@@ -116,7 +98,7 @@ class Node:
         for session in list(self.registry):
             record = {"uaid": session.uaid, "node_id": self.node_id,
                       "connected_at": session.connected_at}
-            session.close(1001, "server shutting down")
+            session.close(Close.SHUTTING_DOWN)
             # so endpoints store at once instead of calling a node that is gone
             self.pending.spawn(session.uaid, self._clear_node, record)
         while self.connections and time.monotonic() < deadline:

@@ -3,9 +3,16 @@
 finish, and a fetch for that uaid first waits for the writes that were
 registered before it was scheduled (at most 5 s). A reconnect that follows an
 ack or a close within milliseconds therefore reads the state they wrote."""
+import logging
+
 import gevent
 
+from connnode.db.dynamo import StorageError
+
+log = logging.getLogger(__name__)
+
 BARRIER_TIMEOUT = 5.0
+RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 
 
 class PendingWrites:
@@ -19,10 +26,15 @@ class PendingWrites:
 
     def spawn(self, uaid, function, *args):
         """Run ``function(*args)`` in a greenlet registered under ``uaid``."""
+        return self.register(uaid, gevent.spawn(function, *args))
+
+    def register(self, uaid, job):
+        """Register a running greenlet (one may carry the writes of several
+        uaids, e.g. a batch of deletes) under ``uaid`` until it ends."""
         writes = self._by_uaid.setdefault(uaid, set())
-        job = gevent.spawn(function, *args)
-        writes.add(job)
-        job.link(lambda done: self._finished(uaid, done))
+        if job not in writes:
+            writes.add(job)
+            job.link(lambda done: self._finished(uaid, done))
         return job
 
     def _finished(self, uaid, job):
@@ -44,3 +56,17 @@ class PendingWrites:
         jobs = [job for writes in self._by_uaid.values() for job in writes]
         gevent.joinall(jobs, timeout=timeout)
         return all(job.ready() for job in jobs)
+
+
+def retry_forever(function, *args):
+    """Repeat a storage call until it returns (1.2 "retried until it
+    succeeds"), even after the connection that started it has gone."""
+    delay = RETRY_FIRST
+    while True:
+        try:
+            return function(*args)
+        except StorageError as exc:
+            log.warning("retrying %s after %s", getattr(function, "__name__", function), exc)
+            gevent.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+

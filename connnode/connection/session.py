@@ -1,4 +1,4 @@
-"""One WebSocket client's state machine (PROTOCOL.md 2, 7.3, 8).
+"""One WebSocket client's state machine (PROTOCOL.md 2).
 
 The Session never touches a socket. The WebSocket layer feeds it client text
 frames (``on_text``) and tells it when the connection ends (``on_closed``);
@@ -9,32 +9,41 @@ the private router API calls ``deliver_direct``, ``request_check`` and
 Handlers read top to bottom as blocking code: under gevent a storage call
 parks this greenlet only. ``on_text`` runs in the connection's read loop, so
 while it blocks (hello, register, the writes of an ack) the next frame is not
-read, which is exactly the pause the protocol asks for (2.2). The storage
-drain runs in a greenlet of its own, started per check.
+read, which is exactly the pause the protocol asks for (2.2).
+
+This module answers what the client says: hello, register, unregister, ack,
+nack, ping, the timers and the close. What the server sends (direct and
+stored delivery, acks' storage writes, user reset, the monthly move) is the
+``Drain`` mixin's (``drain.py``); both work on the slots declared here.
+
+The session sees its process through a ``SessionContext`` (``context.py``):
+settings, storage, metrics, the registry, timers, the write barrier and the
+calls to other nodes, never the whole ``Node``. Tests build one with fakes.
 """
 import logging
 import random
 import time
+import uuid
 
 import gevent
-from gevent.event import Event
 
 from connnode import protocol
+from connnode.connection.closes import Close
+from connnode.connection.drain import ACKED, NO_ITEMS, TOPIC, Drain
+from connnode.connection.pending import retry_forever
+from connnode.connection.states import AWAITING_HELLO, CLOSING, HELLO_IN_PROGRESS, READY
 from connnode.db.dynamo import StorageError, ThroughputError
 from connnode.db.router import fresh_last_connect
 from connnode.useragent import connection_tags
 
 log = logging.getLogger(__name__)
 
-AWAITING_HELLO, HELLO_IN_PROGRESS, READY, CLOSING = range(4)
-TOPIC, TIMESTAMP = "topic", "timestamp"
-RETRY_FIRST, RETRY_MAX = 0.1, 2.0
-# Overload timings (seconds, random integer in [a, b]): hello reply delay (2.4.2),
-# storage check retry (8.2), table move retry (7.3).
+# Seconds (random integer in [a, b]) before the hello reply after a
+# throughput error (2.4.2).
 HELLO_OVERLOAD_WAIT = (4, 8)
-CHECK_RETRY_WAIT = (5, 60)
-MOVE_RETRY_WAIT = (1, 1800)
-BUSY_RETRY = 1
+# nack codes with a metric tag of their own (2.9: Firefox's 301 handler
+# threw, 302 unhandled rejection, 303 internal error).
+NACK_CODES = (301, 302, 303)
 # Outstanding (unacked) direct messages a connection may hold in memory. A
 # client that stops acking is "busy" beyond this: PUT /push answers 503 and
 # the endpoint stores the message instead, so memory per client stays bounded.
@@ -45,49 +54,24 @@ def ms_time():
     return int(time.time() * 1000)
 
 
-class _NoItems(dict):
-    """The one shared, always-empty mapping a Session's ``direct`` and
-    ``batch`` start as (and return to at close). Memory: an idle client
-    then holds no dicts of its own (about 70 bytes each); the first write
-    goes through ``Session._add_direct`` / ``_add_batch``, which give the
-    session its own dict. Reads, ``pop`` and ``del`` of missing keys behave
-    as on any empty dict; adding to it is refused."""
-
-    __slots__ = ()
-
-    def _refuse(self, *_args, **_kwargs):
-        raise TypeError("the shared empty mapping is read-only")
-
-    __setitem__ = setdefault = update = __ior__ = _refuse
-
-
-NO_ITEMS = _NoItems()
-
-
-def retry_forever(function, *args):
-    """Repeat a storage call until it returns (1.2 "retried until it
-    succeeds"), even after the connection that started it has gone."""
-    delay = RETRY_FIRST
-    while True:
-        try:
-            return function(*args)
-        except StorageError as exc:
-            log.warning("retrying %s after %s", getattr(function, "__name__", function), exc)
-            gevent.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-
-
-class Session:
+class Session(Drain):
     __slots__ = (
-        "node", "transport", "connected_at", "user_agent", "host", "state", "uaid",
-        "table", "rotation_pending", "reset_pending", "last_ping", "last_activity",
-        "queued", "direct", "batch", "batch_phase", "phase", "cursor", "draining",
-        "recheck", "sent_in_drain", "drain_generation", "paused", "registers", "_counts",
-        "said_hello", "hello_timer",
+        # the connection and its handshake
+        "ctx", "transport", "connected_at", "user_agent", "host", "state", "uaid",
+        "said_hello", "hello_timer", "last_ping", "last_activity",
+        # the user's storage (2.4, 7.3)
+        "table", "rotation_pending", "reset_pending", "paused",
+        # direct delivery (8.5): queued behind the hello reply, then outstanding
+        "queued", "direct",
+        # the drain and the acks of stored messages (8.1-8.4)
+        "batch", "batch_phase", "phase", "cursor", "draining", "recheck",
+        "sent_in_drain", "drain_generation",
+        # stats for the close summary (2.16)
+        "registers", "_counts",
     )
 
-    def __init__(self, node, transport, connected_at=None, user_agent="", host=""):
-        self.node = node
+    def __init__(self, ctx, transport, connected_at=None, user_agent="", host=""):
+        self.ctx = ctx
         self.transport = transport
         self.connected_at = connected_at or ms_time()
         self.user_agent = user_agent
@@ -117,9 +101,9 @@ class Session:
         self._counts = None
         self.said_hello = False
         self.hello_timer = None
-        settings = node.settings
+        settings = ctx.settings
         if settings.hello_timeout > 0:
-            self.hello_timer = node.timers.call_later(settings.hello_timeout, self._hello_timer_fired)
+            self.hello_timer = ctx.timers.call_later(settings.hello_timeout, self._hello_timer_fired)
 
     def __repr__(self):
         return f"<Session {self.uaid} state={self.state} connected_at={self.connected_at}>"
@@ -147,37 +131,28 @@ class Session:
             stats["registers"] = self.registers
         return stats
 
-    def _add_direct(self, key, notification):
-        if self.direct is NO_ITEMS:
-            self.direct = {}
-        self.direct[key] = notification
-
-    def _add_batch(self, key, item):
-        if self.batch is NO_ITEMS:
-            self.batch = {}
-        self.batch[key] = item
-
     def _metric(self, name, count=1, tags=None):
         """A connection metric, with the user-agent and host tags (10)."""
         base = connection_tags(self.user_agent, self.host)
-        self.node.metrics.increment(name, count, {**base, **tags} if tags else base)
+        self.ctx.metrics.increment(name, count, {**base, **tags} if tags else base)
 
     def _send(self, text):
         if self.state < CLOSING:
             self.transport.send(text)
 
-    def close(self, code, reason=""):
-        """Enter CLOSING: leave the registry at once, send the close frame."""
+    def close(self, row):
+        """Enter CLOSING: leave the registry at once, send the close frame
+        of ``row`` (a ``Close`` row, 2.14)."""
         if self.state >= CLOSING:
             return
         self.state = CLOSING
         self.drain_generation += 1
-        self.node.registry.release(self)
-        self.transport.close(code, reason)
+        self.ctx.registry.release(self)
+        self.transport.close(row.code, row.reason)
 
     def terminate(self):
         """DELETE /notif: superseded by a newer connection elsewhere."""
-        self.close(1000, "superseded")
+        self.close(Close.SUPERSEDED)
 
     # -- client frames (2.2) ---------------------------------------------------
     def on_text(self, text):
@@ -188,9 +163,9 @@ class Session:
         self.last_activity = time.monotonic()
         try:
             message = protocol.parse_client_frame(text, self.state != AWAITING_HELLO)
-        except protocol.ProtocolViolation as exc:
-            log.debug("protocol violation: %s", exc.reason)
-            self.close(1002, exc.reason)
+        except protocol.MessageViolation as violation:
+            log.debug("message violation: %s", violation.row.reason)
+            self.close(violation.row)
             return
         handler = self._HANDLERS[type(message)]
         handler(self, message)
@@ -199,47 +174,47 @@ class Session:
     def _on_hello(self, hello):
         if self.state != AWAITING_HELLO:
             self._send(protocol.hello_error(401, "duplicate hello"))
-            self.close(1002, "duplicate hello")
+            self.close(Close.DUPLICATE_HELLO)
             return
         self.state = HELLO_IN_PROGRESS
         self.said_hello = True
         self._cancel_hello_timer()
         if not hello.use_webpush:
             self._send(protocol.hello_error(401, "Simplepush not supported"))
-            self.close(1002, "Simplepush not supported")
+            self.close(Close.SIMPLEPUSH)
             return
-        node = self.node
+        ctx = self.ctx
         try:
             record, resumed = self._pick_record(hello.uaid)
             if self.closing:
                 return
-            claimed, previous = node.registry.claim(self)
+            claimed, previous = ctx.registry.claim(self)
             if not claimed:
                 self._already_connected()
                 return
             if previous is not None:
-                gevent.spawn(previous.close, 1000, "superseded")
-            written, old = node.storage.router.register_user(record)
+                gevent.spawn(previous.close, Close.SUPERSEDED)
+            written, old = ctx.storage.router.register_user(record)
         except ThroughputError:
             self._hello_overloaded()
             return
         except StorageError as exc:
             log.warning("hello storage error: %s", exc)
             self._send(protocol.hello_error(503, "error"))
-            self.close(1011, "storage error")
+            self.close(Close.HELLO_STORAGE_ERROR)
             return
         if self.closing:
             return
         if not written:
-            node.registry.release(self)
+            ctx.registry.release(self)
             self._already_connected()
             return
         old_node, old_connected_at = old.get("node_id"), old.get("connected_at")
-        if old_node and old_node != node.node_id and old_connected_at is not None:
-            gevent.spawn(node.evict_elsewhere, old_node, self.uaid, old_connected_at)
+        if old_node and old_node != ctx.node_id and old_connected_at is not None:
+            gevent.spawn(ctx.peers.evict, old_node, self.uaid, old_connected_at)
         self.state = READY
-        self._send(protocol.hello_reply(self.uaid, node.settings.auto_ping_interval,
-                                        node.settings.env))
+        self._send(protocol.hello_reply(self.uaid, ctx.settings.auto_ping_interval,
+                                        ctx.settings.env))
         self._metric("ua.command.hello")
         queued, self.queued = self.queued, None
         for notification in queued or ():
@@ -252,11 +227,15 @@ class Session:
 
     def _pick_record(self, uaid):
         """(router record to write, resumed): a resumed user or a new one (2.4 steps 1-2)."""
-        node = self.node
-        storage = node.storage
+        ctx = self.ctx
+        storage = ctx.storage
         now = time.time()
-        base = {"node_id": node.node_id, "connected_at": self.connected_at,
-                "expiry": int(now) + node.settings.max_ttl}
+        base = {"node_id": ctx.node_id, "connected_at": self.connected_at,
+                "expiry": int(now) + ctx.settings.max_ttl}
+        if uaid:
+            # A close of this uaid moments ago may still be writing (saves,
+            # acks, the msg_limit decision): read the record after them.
+            ctx.pending.wait(ctx.pending.snapshot(uaid))
         stored = storage.router.get_uaid(uaid) if uaid else None
         if stored is not None:
             if "router_type" not in stored or "connected_at" not in stored:
@@ -275,24 +254,24 @@ class Session:
                 self.rotation_pending = stored["current_month"] != storage.rotation.current
                 self.reset_pending = int(stored.get("record_version") or 0) < 1
                 return record, True
-        self.uaid = node.new_uaid()
+        self.uaid = uuid.uuid4().hex
         self.table = storage.current_table
         return dict(base, uaid=self.uaid, router_type="webpush", last_connect=fresh_last_connect(now),
                     record_version=1, current_month=storage.rotation.current), False
 
     def _drop_unusable(self, uaid, code):
         self._metric("ua.expiration", tags={"code": code})
-        gevent.spawn(retry_forever, self.node.storage.router.drop_user, uaid)
+        gevent.spawn(retry_forever, self.ctx.storage.router.drop_user, uaid)
 
     def _already_connected(self):
         self._send(protocol.hello_error(500, "already_connected"))
-        self.close(1000, "already connected")
+        self.close(Close.ALREADY_CONNECTED)
 
     def _hello_overloaded(self):
         gevent.sleep(random.randint(*HELLO_OVERLOAD_WAIT))
-        self.node.registry.release(self)
+        self.ctx.registry.release(self)
         self._send(protocol.hello_error(503, "error - overloaded"))
-        self.close(1011, "overloaded")
+        self.close(Close.HELLO_OVERLOADED)
 
     # -- register / unregister (2.5, 2.6) ----------------------------------------
     def _on_register(self, register):
@@ -301,7 +280,7 @@ class Session:
             return
         chid = register.chid
         try:
-            endpoint = self.node.endpoint_for(self.uaid, chid, register.key)
+            endpoint = self.ctx.endpoint_for(self.uaid, chid, register.key)
             self.table.register_channel(self.uaid, chid)
         except ThroughputError:
             self._send(protocol.overloaded_error())
@@ -323,8 +302,9 @@ class Session:
             log.info("unregister", extra={"fields": {"code": unregister.code}})
         self._metric("ua.command.unregister")
         self._count("unregisters")
-        for key in [key for key in self.direct if key[0] == chid]:
-            del self.direct[key]
+        for key, notification in [(key, n) for key, n in self.direct.items() if key[0] == chid]:
+            if notification is not ACKED:
+                self._forget_direct(key, notification)
         self._send(protocol.unregister_reply(unregister.echo))
         gevent.spawn(retry_forever, self.table.unregister_channel, self.uaid, chid)
         stored = [(chid, version, 0) for (batch_chid, version) in self.batch if batch_chid == chid]
@@ -338,50 +318,19 @@ class Session:
         self._metric("ua.command.ack")
         self._acknowledge(ack.updates)
 
-    def _acknowledge(self, updates):
-        """Consume acked messages (8.4); block until their writes finished,
-        then continue the drain."""
-        writes = []
-        stored_acked = False
-        for chid, version, code in updates:
-            key = (chid, version)
-            if self.direct.pop(key, None) is not None:
-                self._count("direct_acked")
-                continue
-            notification = self.batch.get(key)
-            if notification is None:
-                continue
-            stored_acked = True
-            self._count("stored_acked")
-            if notification.is_timestamped:
-                del self.batch[key]
-            else:
-                writes.append(self.node.pending.spawn(self.uaid, self._delete_acked, key, notification))
-        if not stored_acked:
-            return
-        if writes:
-            gevent.joinall(writes)
-        if not self.batch and self.batch_phase == TIMESTAMP and self.cursor is not None:
-            cursor_write = self.node.pending.spawn(
-                self.uaid, retry_forever, self.table.update_last_message_read, self.uaid, self.cursor)
-            cursor_write.join()
-        self._continue()
-
-    def _delete_acked(self, key, notification):
-        retry_forever(self.table.delete_message, self.uaid, notification.sort_key,
-                      notification.version)
-        self.batch.pop(key, None)
-
     def _on_nack(self, nack):
         if nack.version is None:
             return
-        self._metric("ua.command.nack", tags={"code": nack.code})
+        # The code is the client's: only the codes of 2.9 get a tag of their
+        # own, anything else counts as 0 (a bounded set of metric names).
+        code = nack.code if nack.code in NACK_CODES else 0
+        self._metric("ua.command.nack", tags={"code": code})
         self._count("nacks")
 
     def _on_ping(self, _ping):
         now = time.monotonic()
-        if self.last_ping is not None and now - self.last_ping < self.node.settings.min_ping_interval:
-            self.close(4774, "too many pings")
+        if self.last_ping is not None and now - self.last_ping < self.ctx.settings.min_ping_interval:
+            self.close(Close.TOO_MANY_PINGS)
             return
         self.last_ping = now
         self._send(protocol.PING_REPLY)
@@ -399,261 +348,71 @@ class Session:
         protocol.BroadcastSubscribe: _on_broadcast_subscribe,
     }
 
-    # -- direct delivery (3.2, 8.5) --------------------------------------------
-    def deliver_direct(self, notification):
-        """PUT /push: on the wire (or queued behind the hello reply) before
-        this returns True. False when the connection is going away."""
-        if self.state >= CLOSING:
-            return False
-        key = (notification.chid, notification.version)
-        self._add_direct(key, notification)
-        if self.state == HELLO_IN_PROGRESS:
-            if self.queued is None:
-                self.queued = []
-            self.queued.append(notification)
-            return True
-        if not self._send_direct_frame(notification):
-            self.direct.pop(key, None)
-            return False
-        return True
-
-    def _send_direct_frame(self, notification):
-        if not self.transport.send(notification.frame()):
-            return False
-        if notification.topic is not None:
-            self._metric("ua.notification.topic")
-        return True
-
-    # -- stored delivery (8.2, 8.3) ----------------------------------------------
-    def request_check(self):
-        """PUT /notif: 200 when a check started; 202 when it was only flagged
-        because the holder is pending, busy, or has a batch outstanding (the
-        connection-node issue asks for 202 there; the check runs once it is acked)."""
-        if self.state != READY or self.busy or self.batch:
-            self.recheck = True
-            if self.state == READY:
-                self.start_check()
-            return 202
-        self._metric("ua.notification_check")
-        self.start_check()
-        return 200
-
-    def start_check(self):
-        if self.state >= CLOSING:
-            return
-        if self.busy:
-            self._later(BUSY_RETRY, self.start_check)
-            return
-        if self.batch:
-            self.recheck = True
-            return
-        self.recheck = False
-        self.draining = True
-        self.phase = TOPIC
-        self._spawn_drain()
-
-    def _spawn_drain(self):
-        self.drain_generation += 1
-        barrier = self.node.pending.snapshot(self.uaid)
-        gevent.spawn(self._drain, self.drain_generation, barrier)
-
-    def _later(self, delay, callback):
-        """A retry that is dropped if the connection closes first (2.12)."""
-        self.node.timers.call_later(delay, self._unless_closing, callback)
-
-    def _unless_closing(self, callback):
-        if self.state < CLOSING:
-            callback()
-
-    def _drain(self, generation, barrier):
-        """Fetch and send batches until one waits for acks or storage is empty."""
-        node = self.node
-        later = None  # the timestamp phase's items, when the topic fetch saw them all
-        while True:
-            node.pending.wait(barrier)
-            barrier = None
-            if self.state >= CLOSING or generation != self.drain_generation:
-                return
-            try:
-                if self.phase == TOPIC:
-                    cursor, items, later = self.table.fetch_topic_phase(self.uaid)
-                elif later is not None:
-                    cursor, items = self.table.timestamp_phase(self.uaid, later, self.cursor)
-                    later = None
-                else:
-                    cursor, items = self.table.fetch_timestamp_messages(self.uaid, self.cursor)
-            except ThroughputError:
-                self._later(random.randint(*CHECK_RETRY_WAIT), self.start_check)
-                return
-            except StorageError as exc:
-                log.warning("storage check failed: %s", exc)
-                self.close(1011, "storage check failed")
-                return
-            if self.state >= CLOSING or generation != self.drain_generation:
-                return
-            if self.busy:
-                self._later(BUSY_RETRY, self.start_check)
-                return
-            if cursor is not None:
-                self.cursor = cursor
-            if not items:
-                if self.phase == TOPIC:
-                    self.phase = TIMESTAMP
-                    continue
-                self._drain_complete()
-                return
-            if not self._send_batch(items):
-                return
-            if self.batch:
-                return  # wait for acks; _acknowledge continues
-            if not self.draining:
-                if self.recheck:
-                    self.start_check()
-                return
-
-    def _send_batch(self, items):
-        """Send a fetched batch (8.3 step 4-5). False when the drain must stop."""
-        node = self.node
-        now = time.time()
-        deletes = []
-        sent = False
-        for item in items:
-            if item.expired(now):
-                if not item.is_timestamped:
-                    deletes.append(node.pending.spawn(
-                        self.uaid, retry_forever, self.table.delete_message, self.uaid,
-                        item.sort_key, item.version))
-                continue
-            self.sent_in_drain += 1
-            if self.sent_in_drain > node.settings.msg_limit:
-                self._reset_user()
-                return False
-            self._add_batch((item.chid, item.version), item)
-            self._send(item.frame())
-            self._count("stored_retrieved")
-            self._metric("ua.message_data", len(item.data or ""), {"source": "Stored"})
-            if item.topic is not None:
-                self._metric("ua.notification.topic")
-            sent = True
-        self.batch_phase = self.phase
-        if not sent:
-            if self.cursor is not None:
-                deletes.append(node.pending.spawn(
-                    self.uaid, retry_forever, self.table.update_last_message_read, self.uaid,
-                    self.cursor))
-            gevent.joinall(deletes)
-            return self.state < CLOSING
-        return True
-
-    def _drain_complete(self):
-        self.draining = False
-        self.phase = TOPIC
-        self.sent_in_drain = 0
-        if self.recheck:
-            self.recheck = False
-            self._later(BUSY_RETRY, self.start_check)
-        elif self.reset_pending:
-            self._reset_user()
-        elif self.rotation_pending:
-            self._move_to_current_table()
-
-    def _continue(self):
-        """8.3 "Continue": after a batch was fully acked."""
-        if self.state >= CLOSING or self.batch:
-            return
-        if self.draining:
-            self._spawn_drain()
-        elif self.recheck:
-            self.start_check()
-
-    def _reset_user(self):
-        self._count("reset")
-        retry_forever(self.node.storage.router.drop_user, self.uaid)
-        self.close(1000, "user reset")
-
-    # -- monthly move (7.3) -------------------------------------------------------
-    def _move_to_current_table(self):
-        storage = self.node.storage
-        self.paused = Event()
-        try:
-            current = storage.current_table
-            _, chids = self.table.all_channels(self.uaid)
-            if chids:
-                current.save_channels(self.uaid, chids)
-            storage.router.update_message_month(self.uaid, current.name)
-            self.table = current
-            self.rotation_pending = False
-        except ThroughputError:
-            self._later(random.randint(*MOVE_RETRY_WAIT), self.start_check)
-        except StorageError as exc:
-            log.warning("table move failed: %s", exc)
-            self.close(1011, "table rotation failed")
-        finally:
-            paused, self.paused = self.paused, None
-            paused.set()
-
     # -- timers (2.12) -----------------------------------------------------------
     def _hello_timer_fired(self):
         self.hello_timer = None
         if self.state == AWAITING_HELLO:
-            self.close(1000, "no hello")
+            self.close(Close.NO_HELLO)
 
     def _cancel_hello_timer(self):
         """Memory: the timer heap would otherwise keep this session (through
         the callback) referenced until the hello timeout passes."""
         timer, self.hello_timer = self.hello_timer, None
-        self.node.timers.cancel(timer)
+        self.ctx.timers.cancel(timer)
 
     def _schedule_keepalive(self):
-        settings = self.node.settings
+        settings = self.ctx.settings
         intervals = [value for value in (settings.auto_ping_interval, settings.idle_timeout) if value > 0]
         if intervals:
-            self.node.timers.call_later(min(intervals), self._keepalive)
+            self.ctx.timers.call_later(min(intervals), self._keepalive)
 
     def _keepalive(self):
         """Idle timer and auto-ping, one timer entry per connection."""
         if self.state >= CLOSING:
             return
-        settings = self.node.settings
+        settings = self.ctx.settings
         if settings.idle_timeout > 0 and time.monotonic() - self.last_activity >= settings.idle_timeout:
-            self.close(1000, "idle")
+            self.close(Close.IDLE)
             return
         if settings.auto_ping_interval > 0:
-            if self.state != READY or self.node.registry.get(self.uaid) is not self:
-                self.close(1000, "not the holder")
+            if self.state != READY or self.ctx.registry.get(self.uaid) is not self:
+                self.close(Close.NOT_HOLDER)
                 return
             self.transport.ping()
-            self.node.timers.call_later(settings.auto_ping_timeout, self._pong_deadline)
+            self.ctx.timers.call_later(settings.auto_ping_timeout, self._pong_deadline)
         self._schedule_keepalive()
 
     def _pong_deadline(self):
         if self.state < CLOSING and not self.transport.pong_received_since_ping:
             self.state = CLOSING
-            self.node.registry.release(self)
+            self.ctx.registry.release(self)
             self.transport.abort()
 
     # -- the end (2.16) -----------------------------------------------------------
     def on_closed(self):
         """The connection has ended (either side): save what must survive."""
-        node = self.node
+        ctx = self.ctx
         self.state = CLOSING
         self.drain_generation += 1
-        node.registry.release(self)
+        ctx.registry.release(self)
         self._cancel_hello_timer()
         if self.paused is not None:
             self.paused.set()
         if self.said_hello:
             lifespan = max(0.0, time.time() - self.connected_at / 1000)
-            node.metrics.timing("ua.connection.lifespan", lifespan,
+            ctx.metrics.timing("ua.connection.lifespan", lifespan,
                                 connection_tags(self.user_agent, self.host))
         now = time.time()
-        saving = [n for n in self.direct.values() if n.ttl and not n.expired(now)]
+        # Durable direct messages (stored_in set) are in storage already.
+        saving = [n for n in self.direct.values()
+                  if n is not ACKED and n.stored_in is None and n.ttl and not n.expired(now)]
+        self._finish_limit_check()
         self.direct = NO_ITEMS
         self.batch = NO_ITEMS
         if saving and self.table is not None:
             self._count("direct_saved", len(saving))
-            node.pending.spawn(self.uaid, self._save_and_notify, saving, self.table)
-        node.session_ended(self)
+            ctx.pending.spawn(self.uaid, self._save_and_notify, saving, self.table)
+        ctx.ended(self)
 
     def _save_and_notify(self, notifications, table):
         saved = 0
@@ -666,9 +425,9 @@ class Session:
         if not saved:
             return
         try:
-            record = self.node.storage.router.get_uaid(self.uaid)
+            record = self.ctx.storage.router.get_uaid(self.uaid)
         except StorageError as exc:
             log.warning("router lookup after close failed: %s", exc)
             return
         if record and record.get("node_id") and record.get("connected_at") != self.connected_at:
-            self.node.notify_node(record["node_id"], self.uaid)
+            self.ctx.peers.notify(record["node_id"], self.uaid)

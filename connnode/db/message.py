@@ -125,6 +125,23 @@ class MessageTable:
             return False
         return True
 
+    def delete_messages(self, keys):
+        """Delete up to 25 messages, unconditionally, in one BatchWriteItem:
+        ``keys`` are (uaid, sort_key) pairs. Returns the pairs DynamoDB left
+        unprocessed (to be sent again). Only for keys no newer message can
+        take over (timestamped keys): a batch delete has no condition."""
+        by_key = {}  # (stored uaid, sort key) -> (uaid, sort key); a batch must not repeat an item
+        for uaid, sort_key in keys:
+            by_key.setdefault((hash_uaid(self.key_hash, uaid), sort_key), (uaid, sort_key))
+        if not by_key:
+            return []
+        requests = [{"DeleteRequest": {"Key": {"uaid": {"S": stored}, "chidmessageid": {"S": sk}}}}
+                    for stored, sk in by_key]
+        result = self.dynamo.call("batch_write_item", RequestItems={self.name: requests})
+        unprocessed = result.get("UnprocessedItems", {}).get(self.name, [])
+        return [by_key[(key["uaid"]["S"], key["chidmessageid"]["S"])]
+                for key in (request["DeleteRequest"]["Key"] for request in unprocessed)]
+
     def fetch_topic_phase(self, uaid):
         """The topic-phase fetch of a check: ``fetch_messages``' answer and,
         when the user's whole partition came back, what the timestamp phase

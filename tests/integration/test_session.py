@@ -9,6 +9,7 @@ import gevent
 import pytest
 import simplejson as json
 
+from connnode.connection import drain as drain_module
 from connnode.connection import session as session_module
 from connnode.connection.node import Node
 from connnode.connection.session import READY, Session
@@ -107,7 +108,7 @@ def node(dynalite):
 def connect(node):
     transport = FakeTransport()
     node.connections += 1
-    return Session(node, transport, int(time.time() * 1000)), transport
+    return Session(node.context, transport, int(time.time() * 1000)), transport
 
 
 def wait_until(predicate, timeout=WAIT):
@@ -466,17 +467,17 @@ def test_idle_session_holds_no_containers_of_its_own(node):
     chid = str(uuid.uuid4())
     session.on_text(json.dumps({"messageType": "register", "channelID": chid}))
     assert transport.frames("register")[-1]["status"] == 200
-    assert session.direct is session_module.NO_ITEMS and session.batch is session_module.NO_ITEMS
+    assert session.direct is drain_module.NO_ITEMS and session.batch is drain_module.NO_ITEMS
     assert session.stats == {"registers": 1} and session._counts is None
     with pytest.raises(TypeError):
-        session_module.NO_ITEMS["x"] = 1
+        drain_module.NO_ITEMS["x"] = 1
     assert session.deliver_direct(Notification(uaid, chid, "v1", 60, int(time.time()),
                                                sortkey_timestamp=1))
-    assert list(session.direct) == [(chid, "v1")] and not session_module.NO_ITEMS
+    assert list(session.direct) == [(chid, "v1")] and not drain_module.NO_ITEMS
     session.on_text(json.dumps({"messageType": "ack", "updates": [{"channelID": chid, "version": "v1"}]}))
     assert session.stats == {"registers": 1, "direct_acked": 1}
     close(session, transport)
-    assert session.direct is session_module.NO_ITEMS and not session_module.NO_ITEMS
+    assert session.direct is drain_module.NO_ITEMS and not drain_module.NO_ITEMS
 
 def test_direct_message_queued_behind_hello_reply(node):
     session, transport = connect(node)

@@ -206,11 +206,11 @@ def test_from_push_body_null_data_and_headers_accepted():
     assert note.data is None and note.headers is None
 
 
-def test_from_push_body_missing_ttl_and_timestamp_default_to_zero():
+def test_from_push_body_missing_ttl_is_zero_and_timestamp_now():
     body = push_body()
     del body["ttl"], body["timestamp"]
-    note = Notification.from_push_body(UAID, body)
-    assert note.ttl == 0 and note.timestamp == 0
+    note = Notification.from_push_body(UAID, body, now=1718000123.5)
+    assert note.ttl == 0 and note.timestamp == 1718000123
 
 
 @pytest.mark.parametrize("body", [
@@ -246,7 +246,6 @@ BAD_BODIES = {
     "headers int value": {"headers": {"encoding": 1}},
     "headers null value": {"headers": {"encoding": None}},
     "headers nested value": {"headers": {"encoding": {"a": "b"}}},
-    "neither topic nor sortkey_timestamp": {"topic": None, "sortkey_timestamp": None},
 }
 
 
@@ -264,11 +263,42 @@ def test_from_push_body_rejects_absent_required_key(key):
         Notification.from_push_body(UAID, body)
 
 
-def test_from_push_body_rejects_absent_topic_and_sortkey_timestamp():
-    body = push_body()
-    del body["topic"], body["sortkey_timestamp"]
+def test_from_push_body_takes_only_channel_and_version():
+    """PROTOCOL 3.2 asks only for string channelID and version: the rest
+    defaults (TTL 0, receipt time, a timestamped sort key at receipt)."""
+    note = Notification.from_push_body(UAID, {"channelID": CHID, "version": "v1"},
+                                       now=1718000000.25)
+    assert (note.chid, note.version, note.ttl, note.timestamp) == (CHID, "v1", 0, 1718000000)
+    assert note.topic is None and note.sortkey_timestamp == 1718000000250000
+    assert note.sort_key == f"02:1718000000250000:{CHID}" and note.stored_in is None
+
+
+@pytest.mark.parametrize("body", [
+    {"topic": None, "sortkey_timestamp": None},
+    {},
+])
+def test_from_push_body_without_sort_key_gets_one(body):
+    full = push_body()
+    full.update(body)
+    for name in ("topic", "sortkey_timestamp"):
+        if name not in body:
+            full.pop(name)
+    note = Notification.from_push_body(UAID, full, now=5.0)
+    assert note.sortkey_timestamp == 5_000_000 and note.is_timestamped
+
+
+def test_push_body_carries_the_table_of_a_stored_message():
+    note = Notification.from_push_body(UAID, push_body())
+    assert "stored_in" not in note.push_body()
+    note.stored_in = "message_2026_11"
+    back = Notification.from_push_body(UAID, note.push_body())
+    assert back.stored_in == "message_2026_11"
+
+
+@pytest.mark.parametrize("table", [5, "", "ab", "a b", "x" * 256, ["message_2026_11"]])
+def test_from_push_body_rejects_a_bad_table_name(table):
     with pytest.raises(ValueError):
-        Notification.from_push_body(UAID, body)
+        Notification.from_push_body(UAID, dict(push_body(), stored_in=table))
 
 
 def test_from_push_body_does_not_alias_input_headers():

@@ -8,10 +8,11 @@ import simplejson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from connnode.connection.closes import Close
 from connnode.encoding import load_p256_public_key
 from connnode.protocol import (
     MAX_NESTING, MORE_INFO, PING_REPLY, Ack, BroadcastSubscribe, Hello, Nack, Ping,
-    ProtocolViolation, Register, Unregister, hello_error, hello_reply, overloaded_error,
+    MessageViolation, Register, Unregister, hello_error, hello_reply, overloaded_error,
     parse_client_frame, register_error, register_reply, unregister_error, unregister_reply,
 )
 
@@ -28,10 +29,10 @@ def parse(obj, hello_done=True):
     return parse_client_frame(frame(obj), hello_done)
 
 
-def violation(text, hello_done=True):
-    with pytest.raises(ProtocolViolation) as info:
+def violation(text, hello_done=True, code=1002):
+    with pytest.raises(MessageViolation) as info:
         parse_client_frame(text, hello_done)
-    assert info.value.close_code == 1002
+    assert info.value.row.code == code
     return info.value
 
 
@@ -47,9 +48,9 @@ def b64(raw, padded=False):
 
 # -- frame dispatch (2.2) ----------------------------------------------------
 
-def test_violation_carries_reason_and_close_code():
-    exc = ProtocolViolation("why")
-    assert exc.reason == "why" and exc.close_code == 1002 and str(exc) == "why"
+def test_violation_carries_its_close_row():
+    exc = MessageViolation(Close.INVALID_JSON)
+    assert exc.row == Close.INVALID_JSON and exc.row.code == 1002 and str(exc) == "invalid JSON"
 
 
 @pytest.mark.parametrize("text", [
@@ -67,9 +68,10 @@ def test_non_object_is_violation(text, hello_done):
     violation(text, hello_done)
 
 
-def test_raw_lone_surrogate_is_violation():
-    violation('{"messageType":"nack","version":"\ud800"}')
-    violation('{"messageType":"hello","use_webpush":true,"x":"\udfff"}', hello_done=False)
+def test_raw_lone_surrogate_is_invalid_utf8():
+    """Text that cannot have come from UTF-8 closes 1007, as 2.2 step 3 says."""
+    violation('{"messageType":"nack","version":"\ud800"}', code=1007)
+    violation('{"messageType":"hello","use_webpush":true,"x":"\udfff"}', hello_done=False, code=1007)
 
 
 def test_escaped_lone_surrogate_is_accepted_and_echoed_as_ascii():
@@ -179,7 +181,7 @@ def _random_value(rng, depth=0):
 def _check_any(text, hello_done):
     try:
         msg = parse_client_frame(text, hello_done)
-    except ProtocolViolation:
+    except MessageViolation:
         return
     assert isinstance(msg, (Hello, Register, Unregister, Ack, Nack, Ping, BroadcastSubscribe))
     if isinstance(msg, Unregister):

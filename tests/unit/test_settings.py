@@ -94,7 +94,8 @@ def test_every_protocol_option_exists():
     derived_or_unset = {"crypto_key", "endpoint_url", "hostname", "router_hostname"}
     protocol = set(EXPECTED_DEFAULTS) | derived_or_unset
     assert protocol <= set(OPTIONS)
-    assert set(OPTIONS) - protocol == {"ddb_max_pool_connections"}
+    assert set(OPTIONS) - protocol == {"ddb_max_pool_connections", "ddb_call_timeout",
+                                       "durable_direct"}
 
 
 def test_crypto_key_unset_by_default():
