@@ -181,9 +181,11 @@ class EndpointNode(GunicornNode):
 class PushClient:
     """A WebSocket client acting as the browser."""
 
-    def __init__(self, url, timeout=5.0, subprotocols=("push-notification",)):
+    def __init__(self, url, timeout=5.0, subprotocols=("push-notification",), **options):
+        """``options`` go to ``websocket.create_connection`` (e.g. ``host``)."""
         self.ws = websocket.create_connection(url, timeout=timeout,
-                                              subprotocols=list(subprotocols or []) or None)
+                                              subprotocols=list(subprotocols or []) or None,
+                                              **options)
         self.uaid = None
 
     def send(self, message):

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 import requests
@@ -38,7 +39,7 @@ def test_statsd_lines_of_a_scripted_session(dynalite, tmp_path):
     finally:
         cluster.stop()
         statsd.close()
-    tags = f"host=127.0.0.1_{node.port};ua_browser_family=Other;ua_os_family=Other"
+    tags = "host=127.0.0.1;ua_browser_family=Other;ua_os_family=Other"
     counters = sorted(line for line in lines if not line.startswith("cn.ua.connection.lifespan"))
     assert counters == sorted([
         f"cn.ua.command.hello;{tags}:1|c",
@@ -50,6 +51,31 @@ def test_statsd_lines_of_a_scripted_session(dynalite, tmp_path):
     ])
     (lifespan,) = [line for line in lines if line.startswith("cn.ua.connection.lifespan")]
     assert re.fullmatch(rf"cn\.ua\.connection\.lifespan;{re.escape(tags)}:\d+(\.\d+)?\|ms", lifespan)
+
+
+def test_client_chosen_values_never_become_metric_names(dynalite, tmp_path):
+    """A Host header that is not this node's and a nack code outside 301-303
+    count under one fixed tag each: no client can mint metric names."""
+    statsd = StatsdSink()
+    cluster = Cluster(dynalite, tmp_path)
+    node = cluster.node(statsd_host="127.0.0.1", statsd_port=statsd.port, statsd_prefix="cn")
+    try:
+        for n, code in enumerate((123456, 302, -1, 2 ** 40)):
+            client = PushClient(node.ws_url, host=f"minted-{n}.attacker.example:{1000 + n}")
+            client.hello()
+            client.send({"messageType": "nack", "version": "v", "code": code})
+            client.send({"messageType": "unregister", "channelID": str(uuid.uuid4())})
+            client.recv()  # the unregister reply: the nack before it was counted
+            client.close()
+        lines = statsd.wait_for("cn.ua.command.nack", timeout=10)
+        lines += statsd.drain(0.5)
+    finally:
+        cluster.stop()
+        statsd.close()
+    nacks = sorted(line.split(":")[0] for line in lines if line.startswith("cn.ua.command.nack"))
+    other = "host=other;ua_browser_family=Other;ua_os_family=Other"
+    assert nacks == [f"cn.ua.command.nack;code=0;{other}"] * 3 + [f"cn.ua.command.nack;code=302;{other}"]
+    assert not [line for line in lines if "attacker" in line or "123456" in line]
 
 
 def test_summary_log_line_is_json_without_clear_uaid(dynalite, tmp_path):

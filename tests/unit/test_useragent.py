@@ -1,4 +1,6 @@
-from connnode.useragent import connection_tags, families
+import pytest
+
+from connnode.useragent import connection_tags, families, host_tag
 
 
 def test_families_folded_to_dashboard_names():
@@ -16,3 +18,16 @@ def test_families_folded_to_dashboard_names():
 def test_connection_tags():
     assert connection_tags("", "push.example:443") == {
         "ua_os_family": "Other", "ua_browser_family": "Other", "host": "push.example:443"}
+
+
+@pytest.mark.parametrize("header,tag", [
+    ("push.example", "push.example"), ("PUSH.example:443", "push.example"),
+    ("push.example:8080", "push.example"), ("", "other"), ("evil.example", "other"),
+    ("push.example.evil:80", "other"), ("[::1]:8080", "other"), ("x" * 10000, "other"),
+])
+def test_host_tag_is_this_node_or_other(header, tag):
+    assert host_tag(header, "push.example") == tag
+
+
+def test_host_tag_of_an_ipv6_hostname():
+    assert host_tag("[::1]:8080", "::1") == "::1"
