@@ -50,11 +50,29 @@ def cmd_drop_old_users(settings, args):
     print(f"dropped {count} router records")
 
 
+def _embedded_port_refusal(settings):
+    """A message when the embedded store's port is held by someone else
+    (another dynalite, an old run): using that store would silently put this
+    service's data in a foreign database."""
+    from connnode.embedded import port_taken
+    port = settings.embedded_ddb_port
+    if not port_taken(port):
+        return None
+    return (f"connnode: 127.0.0.1:{port} (embedded_ddb_port) is already in use by another "
+            "process; stop it, or set CONNNODE_EMBEDDED_DDB_PORT to a free port")
+
+
 def cmd_dynalite(settings, args):
-    from connnode.embedded import dynalite_command
+    from connnode.embedded import die_with_parent, dynalite_command
+    refusal = _embedded_port_refusal(settings)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 1
     data_path = Path(settings.data_dir) / "ddb"
     data_path.mkdir(parents=True, exist_ok=True)
     command = dynalite_command(settings.embedded_ddb_port, data_path)
+    # Survives the exec: dynalite gets SIGTERM when supervisord dies, even by SIGKILL.
+    die_with_parent()
     os.execv(command[0], command)
 
 
@@ -85,6 +103,10 @@ def cmd_run(settings, args):
     env["CONNNODE_CRYPTO_KEY"] = ensure_crypto_key(settings)
     embedded = not settings.aws_ddb_endpoint
     if embedded:
+        refusal = _embedded_port_refusal(settings)
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 1
         env["CONNNODE_AWS_DDB_ENDPOINT"] = f"http://127.0.0.1:{settings.embedded_ddb_port}"
     bin_dir = Path(sys.executable).parent
     env.update({

@@ -61,6 +61,18 @@ def wait_for_port(port, timeout=30.0, process=None):
     raise DynaliteError(f"nothing answered on 127.0.0.1:{port} within {timeout} s")
 
 
+def port_taken(port, host="127.0.0.1"):
+    """Whether another process listens on ``host:port`` (a bind that would
+    fail with EADDRINUSE; connections in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
