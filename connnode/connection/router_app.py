@@ -111,6 +111,9 @@ class RouterApp:
 
 def create_router_app(node):
     app = Flask("connnode.connection.router_app")
+    # A path is exactly one of the routes or 404: no merging of "//" into
+    # "/" (``//push/<uaid>`` would reach the PUT /push stub) and no redirects.
+    app.url_map.merge_slashes = False
     app.response_class = TextResponse
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.session_interface = NoSessions(app)
@@ -154,4 +157,5 @@ def create_router_app(node):
 
 
 def _answered_by_router_app(uaid):  # pragma: no cover - RouterApp takes PUT /push first
-    raise RuntimeError("PUT /push reached Flask")
+    """Only there so that other methods on /push/<uaid> get 405."""
+    return TextResponse(NOT_CONNECTED, 404)

@@ -99,11 +99,28 @@ class Dynamo:
     greenlet's stack is freed when it ends. Costs ~13 us per call.
     """
 
-    def __init__(self, client, own_greenlet=False):
+    def __init__(self, client, own_greenlet=False, call_timeout=0.0):
         self.client = client
         self.own_greenlet = own_greenlet
+        #: Seconds a call may take, botocore's retries included (0: botocore's
+        #: own timeouts only, which add up to ~28 s against a hung store).
+        self.call_timeout = call_timeout
 
     def call(self, operation, **kwargs):
+        if not self.call_timeout:
+            return self._call_here_or_own(operation, kwargs)
+        deadline = gevent.Timeout(self.call_timeout)
+        deadline.start()
+        try:
+            return self._call_here_or_own(operation, kwargs)
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            raise StorageError(f"{operation}: no answer within {self.call_timeout:g} s") from None
+        finally:
+            deadline.close()
+
+    def _call_here_or_own(self, operation, kwargs):
         if self.own_greenlet:
             return call_on_own_greenlet(self._call, operation, kwargs)
         return self._call(operation, kwargs)

@@ -20,10 +20,12 @@ HEALTHY_STATUSES = ("CREATING", "UPDATING", "ACTIVE")
 
 
 class Storage:
-    def __init__(self, settings, dynamo=None, crypto=None, own_greenlet=False):
-        """``own_greenlet``: see :class:`Dynamo` (the connection node sets it)."""
+    def __init__(self, settings, dynamo=None, crypto=None, own_greenlet=False, call_timeout=0.0):
+        """``own_greenlet``, ``call_timeout``: see :class:`Dynamo` (the
+        connection node sets the first, the endpoint node the second)."""
         self.settings = settings
-        self.dynamo = dynamo or Dynamo(make_client(settings), own_greenlet=own_greenlet)
+        self.dynamo = dynamo or Dynamo(make_client(settings), own_greenlet=own_greenlet,
+                                       call_timeout=call_timeout)
         self._health_dynamo = dynamo  # an injected double answers health too
         self.crypto = crypto or TokenCrypto(settings.crypto_keys)
         self.router = RouterTable(self.dynamo, settings.router_tablename,
