@@ -64,6 +64,10 @@ class RouterApp:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
+        if "//" in path:
+            # Werkzeug would strip leading slashes and route "//notif/x" as
+            # "/notif/x"; a path is exactly one of the routes or 404.
+            return self._answer(start_response, 404, NOT_CONNECTED)
         if environ.get("REQUEST_METHOD") != "PUT" or not path.startswith("/push/") \
                 or "/" in path[6:]:
             return self.flask(environ, start_response)
@@ -72,6 +76,10 @@ class RouterApp:
         except Exception:  # noqa: BLE001 - answer, never drop the request
             self.logger.exception("PUT /push failed")
             status, body = 500, "Internal Server Error"
+        return self._answer(start_response, status, body)
+
+    @staticmethod
+    def _answer(start_response, status, body):
         payload = body.encode()
         start_response(STATUS_LINES[status], [("Content-Type", "text/plain; charset=utf-8"),
                                               ("Content-Length", str(len(payload)))])
@@ -111,8 +119,8 @@ class RouterApp:
 
 def create_router_app(node):
     app = Flask("connnode.connection.router_app")
-    # A path is exactly one of the routes or 404: no merging of "//" into
-    # "/" (``//push/<uaid>`` would reach the PUT /push stub) and no redirects.
+    # No merging of "//" into "/" with a redirect: a path is exactly one of
+    # the routes or 404 (RouterApp answers paths holding "//" itself).
     app.url_map.merge_slashes = False
     app.response_class = TextResponse
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
