@@ -10,8 +10,8 @@ to the Flask app.
 """
 from flask import Flask
 
-from connnode.connection.status import status_routes
 from connnode.connection.websocket import serve_connection
+from connnode.status import status_routes
 
 SUBPROTOCOL = "push-notification"
 

@@ -30,8 +30,8 @@ import simplejson as json
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from connnode.connection.status import NoSessions, status_routes
 from connnode.notification import Notification
+from connnode.status import NoSessions, status_routes
 
 _is_uaid = re.compile(r"[0-9a-f]{32}").fullmatch
 _is_decimal = re.compile(r"[0-9]{1,20}").fullmatch

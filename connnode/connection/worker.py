@@ -45,18 +45,21 @@ public either way.
 
 ``placeholder_app`` is the WSGI app gunicorn loads
 (``connnode.connection.worker:placeholder_app``); it is replaced before the
-first request and answers 503 only if these hooks are not installed.
+first request and answers 503 only if these hooks are not installed. It and
+the helpers shared with the endpoint node (descriptor limit, gc freeze,
+loopback check) come from ``connnode.process``.
 """
 import ipaddress
 import logging
 import os
-import resource
+
+from connnode.process import freeze_startup_objects, is_loopback_host, raise_nofile_limit
+from connnode.process import placeholder_app as _placeholder_app
 
 log = logging.getLogger(__name__)
 
 HANDLER_PATH = "connnode.connection.websocket.ConnectionHandler"
 ROUTER_BACKLOG = 1024
-NOFILE_CEILING = 1 << 20
 
 
 # -- master side ---------------------------------------------------------------
@@ -107,20 +110,6 @@ def slots_of(server):
     if allocator is None:
         allocator = server.connnode_slots = SlotAllocator()
     return allocator
-
-
-def raise_nofile_limit(ceiling=NOFILE_CEILING):
-    """Raise the soft RLIMIT_NOFILE toward the hard limit (one descriptor per
-    WebSocket). Returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(hard, ceiling) if hard != resource.RLIM_INFINITY else ceiling
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise RLIMIT_NOFILE from %s to %s: %s", soft, target, exc)
-    return soft
 
 
 def on_starting(server):
@@ -174,16 +163,6 @@ def router_bind_host(router_hostname):
     if address.is_loopback:
         return str(address)
     return "::" if address.version == 6 else "0.0.0.0"
-
-
-def is_loopback_host(host):
-    name = (host or "").strip().lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def router_listener(host, port, backlog=ROUTER_BACKLOG):
@@ -262,15 +241,6 @@ def start_backdoor(settings, slot, node, worker):
     return server
 
 
-def freeze_startup_objects():
-    """Move everything built at start-up (botocore's service models, Flask,
-    the node) out of the garbage collector's view: full collections then
-    walk only what requests create (they cost 50-70 ms per pass before)."""
-    import gc
-    gc.collect()
-    gc.freeze()
-
-
 def post_worker_init(worker):
     """Build and start this worker's node (runs in the child, patched)."""
     import gevent
@@ -322,8 +292,6 @@ def _shutdown_when_stopping(worker, node, poll=0.5):
         log.exception("node shutdown failed")
 
 
-def placeholder_app(environ, start_response):
-    """The app gunicorn loads; post_worker_init replaces it with the node's
-    public app before the worker serves anything."""
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-    return [b"connection node not started (gunicorn hooks missing?)"]
+# The app gunicorn loads; post_worker_init replaces it with the node's public
+# app before the worker serves anything.
+placeholder_app = _placeholder_app("connection node")

@@ -44,15 +44,15 @@ import time
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from connnode.connection.status import NoSessions, status_routes
 from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
-from connnode.db.dynamo import StorageError, ThroughputError
+from connnode.db.dynamo import StorageError
 from connnode.encoding import b64url_encode, compact_json
-from connnode.endpoint.errors import EndpointError, error_response
+from connnode.endpoint.delivery import Delivery
+from connnode.endpoint.errors import EndpointError, error_response, storage_error
 from connnode.endpoint.headers import message_headers, parse_topic, parse_ttl
-from connnode.endpoint.routing import MessageRouter
 from connnode.endpoint.vapid import normalise_origin, parse_authorization, verify
 from connnode.notification import Notification
+from connnode.status import NoSessions, status_routes
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class WebPushAPI:
         self.expected_origin = normalise_origin(settings.endpoint_url)
         self.max_data_bytes = settings.max_data_bytes
         self.max_ttl = settings.max_ttl
-        self.router = MessageRouter(storage, node_client, metrics)
+        self.delivery = Delivery(storage, node_client, metrics)
 
     # -- POST /wpush (4.6) -------------------------------------------------
     def post(self, rest):
@@ -154,14 +154,14 @@ class WebPushAPI:
         forwarded = message_headers(headers, body)
         # 9.-11. router record, channel
         record = self._user_record(uaid, chid)
-        # 12. route
+        # 12. deliver (PROTOCOL.md section 5)
         now = time.time()
         skt = None if topic is not None else int(now * 1_000_000)
         notification = Notification(
             uaid, chid, self.crypto.message_id(uaid, chid, topic=topic, sortkey_timestamp=skt),
             ttl, int(now), topic=topic, sortkey_timestamp=skt,
             data=b64url_encode(body) if body else None, headers=forwarded)
-        destination = self.router.route(notification, record)
+        destination = self.delivery.deliver(notification, record)
         return notification, destination
 
     def _check_vapid(self, headers, key_bound, key_digest, state):
@@ -206,12 +206,8 @@ class WebPushAPI:
             if chid not in chids:
                 raise EndpointError(410, 106)
             return record
-        except ThroughputError as exc:
-            log.warning("storage throttled: %s", exc)
-            raise EndpointError(503, 201) from None
         except StorageError as exc:
-            log.error("storage error: %s", exc)
-            raise EndpointError(503, 202) from None
+            raise storage_error(exc, "storage", log) from None
 
     def _drop_user(self, uaid, errno):
         self.storage.router.drop_user(uaid)
@@ -235,12 +231,8 @@ class WebPushAPI:
                 table.delete_message(parsed.uaid, parsed.sort_key, updateid=_pad(message_id))
             else:
                 table.delete_message(parsed.uaid, parsed.sort_key)
-        except ThroughputError as exc:
-            log.warning("storage throttled: %s", exc)
-            return error_response(503, 201)
         except StorageError as exc:
-            log.error("storage error: %s", exc)
-            return error_response(503, 202)
+            return storage_error(exc, "storage", log).response()
         return 204, {}, None
 
 

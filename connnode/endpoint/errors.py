@@ -2,10 +2,17 @@
 
 PROTOCOL.md 4.3 fixes one JSON body and a few extra headers for every error
 the EP answers. Validation code anywhere in the EP raises `EndpointError`;
-the web layer turns it into a response with `EndpointError.response()`. The
-module knows nothing about Flask so that the rules can be tested alone.
+the web layer turns it into a response with `EndpointError.response()`.
+`storage_error` is the one mapping of a storage failure to its answer (4.6:
+503/201 when throttled, 503/202 otherwise). The module knows nothing about
+Flask so that the rules can be tested alone.
 """
+import logging
 from http import HTTPStatus
+
+from connnode.db.dynamo import ThroughputError
+
+log = logging.getLogger(__name__)
 
 MORE_INFO = "http://autopush.readthedocs.io/en/latest/http.html#error-codes"
 
@@ -78,3 +85,17 @@ def error_response(status, errno=None, message=None):
         "more_info": MORE_INFO,
     }
     return status, headers, body
+
+
+def storage_error(exc, operation="storage", logger=None):
+    """The `EndpointError` answering the storage failure `exc` (a
+    `connnode.db.dynamo.StorageError`): 503/201 for a `ThroughputError`,
+    logged as a warning; 503/202 for any other, logged as an error. The line
+    goes to `logger` (the caller's, by default this module's) and names
+    `operation`. Use as ``raise storage_error(exc, ...) from None``."""
+    logger = logger or log
+    if isinstance(exc, ThroughputError):
+        logger.warning("%s throttled: %s", operation, exc)
+        return EndpointError(503, 201)
+    logger.error("%s failed: %s", operation, exc)
+    return EndpointError(503, 202)

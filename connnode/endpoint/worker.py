@@ -18,9 +18,14 @@ patches first) and before ``worker.run()`` starts serving, and there:
    place of the placeholder (gunicorn's gevent worker calls ``worker.wsgi``
    for every request).
 
-``placeholder_app`` answers 503 only if these hooks are not installed.
+``placeholder_app`` answers 503 only if these hooks are not installed. It and
+the start-up helpers shared with the connection node come from
+``connnode.process``.
 """
 import logging
+
+from connnode.process import freeze_startup_objects, raise_nofile_limit
+from connnode.process import placeholder_app as _placeholder_app
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,6 @@ def on_starting(server):
     """Master, once: raise the descriptor limit (one per client connection,
     plus the DynamoDB and node pools). Logging is gunicorn's
     ``logconfig_dict`` (JSON lines), set in the config file."""
-    from connnode.connection.worker import raise_nofile_limit
-
     server.log.info("connnode endpoint: RLIMIT_NOFILE soft limit %s", raise_nofile_limit())
 
 
@@ -52,7 +55,6 @@ def post_worker_init(worker):
     """Build this worker's app (runs in the child, patched)."""
     import gevent
 
-    from connnode.connection.worker import freeze_startup_objects
     from connnode.settings import Settings
 
     settings = Settings.load()
@@ -66,8 +68,6 @@ def post_worker_init(worker):
                     ", ".join(sorted(storage.rotation.valid)))
 
 
-def placeholder_app(environ, start_response):
-    """The app gunicorn loads; post_worker_init replaces it before the
-    worker serves anything."""
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-    return [b"endpoint node not started (gunicorn hooks missing?)"]
+# The app gunicorn loads; post_worker_init replaces it before the worker
+# serves anything.
+placeholder_app = _placeholder_app("endpoint node")

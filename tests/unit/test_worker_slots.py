@@ -1,5 +1,6 @@
 """Worker slots (router port = router_port + slot) and the master-side hooks,
-with stand-ins for gunicorn's arbiter and worker objects."""
+with stand-ins for gunicorn's arbiter and worker objects. The start-up
+helpers shared with the endpoint node are tested in test_process.py."""
 import os
 
 import pytest
@@ -150,15 +151,3 @@ def test_table_survives_a_config_reload():
 ])
 def test_router_bind_host(hostname, bind):
     assert router_bind_host(hostname) == bind
-
-
-def test_placeholder_app_answers_503():
-    seen = {}
-    body = hooks.placeholder_app({}, lambda status, headers: seen.update(status=status))
-    assert seen["status"].startswith("503") and b"not started" in b"".join(body)
-
-
-def test_raise_nofile_limit_never_lowers():
-    import resource
-    before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    assert hooks.raise_nofile_limit() >= before

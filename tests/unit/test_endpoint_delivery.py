@@ -1,15 +1,16 @@
-"""Unit tests of connnode.endpoint.routing (PROTOCOL.md section 5) with
+"""Unit tests of connnode.endpoint.delivery (PROTOCOL.md section 5) with
 doubles for storage, the node client and metrics; and of how the endpoint app
-answers the failures routing and storage raise (4.3, 4.6), in process."""
+answers the failures delivery and storage raise (4.3, 4.6), in process."""
+import logging
 import uuid
 
 import pytest
 
 from connnode.crypto import TokenCrypto
-from connnode.db.dynamo import StorageError, ThroughputError
+from connnode.db.dynamo import ConditionFailed, StorageError, ThroughputError
 from connnode.endpoint.app import create_endpoint_app, read_body
-from connnode.endpoint.errors import EndpointError
-from connnode.endpoint.routing import DIRECT, DROPPED, STORED, MessageRouter
+from connnode.endpoint.errors import EndpointError, storage_error
+from connnode.endpoint.delivery import DIRECT, DROPPED, STORED, Delivery
 from connnode.nodeclient import NodeConnectionError
 from connnode.notification import Notification
 from connnode.settings import Settings
@@ -145,12 +146,12 @@ def notification(ttl=60, topic=None, data="aGVsbG8"):
                         headers={"encoding": "aes128gcm"} if data else None)
 
 
-def make_router(push=404, notif=200, reread="same", clear_error=None, table=None):
+def make_delivery(push=404, notif=200, reread="same", clear_error=None, table=None):
     reread_record = record() if reread == "same" else reread
     storage = FakeStorage(FakeRouter(reread_record, clear_error), table)
     nodes = FakeNodeClient(push, notif)
     metrics = FakeMetrics()
-    return MessageRouter(storage, nodes, metrics), storage, nodes, metrics
+    return Delivery(storage, nodes, metrics), storage, nodes, metrics
 
 
 def assert_endpoint_error(excinfo, status, errno, header=None):
@@ -164,9 +165,9 @@ def assert_endpoint_error(excinfo, status, errno, header=None):
 # -- step 1: direct ---------------------------------------------------------------
 
 def test_direct_200_is_direct_and_not_stored():
-    router, storage, nodes, metrics = make_router(push=200)
+    delivery, storage, nodes, metrics = make_delivery(push=200)
     message = notification()
-    assert router.route(message, record()) == DIRECT
+    assert delivery.deliver(message, record()) == DIRECT
     assert nodes.calls == [(f"{NODE}/push/{UAID}", message.push_body())]
     assert storage.table.stored == [] and storage.router.reads == 0
     assert ("notification.message_data", 7, {"destination": "Direct"}) in metrics.counts
@@ -174,9 +175,9 @@ def test_direct_200_is_direct_and_not_stored():
 
 def test_direct_404_clears_node_then_stores_and_wakes_reread_node():
     reread = record(node_id=OTHER_NODE, connected_at=5)
-    router, storage, nodes, metrics = make_router(push=404, notif=200, reread=reread)
+    delivery, storage, nodes, metrics = make_delivery(push=404, notif=200, reread=reread)
     message = notification()
-    assert router.route(message, record()) == STORED
+    assert delivery.deliver(message, record()) == STORED
     assert storage.router.cleared == [record()]
     assert storage.table.stored == [message] and storage.tables_asked == [MONTH]
     assert [url for url, _ in nodes.calls] == [f"{NODE}/push/{UAID}", f"{OTHER_NODE}/notif/{UAID}"]
@@ -186,87 +187,87 @@ def test_direct_404_clears_node_then_stores_and_wakes_reread_node():
 
 
 def test_direct_connection_error_counts_host_gone_and_clears():
-    router, storage, _, metrics = make_router(push=NodeConnectionError("refused"),
+    delivery, storage, _, metrics = make_delivery(push=NodeConnectionError("refused"),
                                               reread=record(None))
-    assert router.route(notification(), record()) == STORED
+    assert delivery.deliver(notification(), record()) == STORED
     assert storage.router.cleared == [record()]
     assert metrics.names().count("updates.client.host_gone") == 1
 
 
 @pytest.mark.parametrize("status", [503, 500, 400, 202])
 def test_busy_or_other_status_keeps_record_and_stores(status):
-    router, storage, nodes, _ = make_router(push=status, notif=202)
-    assert router.route(notification(), record()) == STORED
+    delivery, storage, nodes, _ = make_delivery(push=status, notif=202)
+    assert delivery.deliver(notification(), record()) == STORED
     assert storage.router.cleared == []
     assert len(storage.table.stored) == 1
     assert nodes.calls[-1][0] == f"{NODE}/notif/{UAID}"
 
 
 def test_no_node_id_goes_straight_to_storage():
-    router, storage, nodes, _ = make_router(reread=record(None))
-    assert router.route(notification(), record(None)) == STORED
+    delivery, storage, nodes, _ = make_delivery(reread=record(None))
+    assert delivery.deliver(notification(), record(None)) == STORED
     assert nodes.calls == [] and len(storage.table.stored) == 1
 
 
 def test_clear_node_errors_are_ignored():
     for error in (ThroughputError("slow"), StorageError("broken")):
-        router, storage, _, _ = make_router(push=404, clear_error=error, reread=record(None))
-        assert router.route(notification(), record()) == STORED
+        delivery, storage, _, _ = make_delivery(push=404, clear_error=error, reread=record(None))
+        assert delivery.deliver(notification(), record()) == STORED
         assert len(storage.router.cleared) == 1 and len(storage.table.stored) == 1
 
 
 def test_record_without_connected_at_is_not_cleared():
     rec = record()
     del rec["connected_at"]
-    router, storage, _, _ = make_router(push=404, reread=record(None))
-    assert router.route(notification(), rec) == STORED
+    delivery, storage, _, _ = make_delivery(push=404, reread=record(None))
+    assert delivery.deliver(notification(), rec) == STORED
     assert storage.router.cleared == []
 
 
 # -- step 2: TTL 0 ------------------------------------------------------------------
 
 def test_ttl_zero_not_connected_is_dropped_without_storing():
-    router, storage, nodes, metrics = make_router(push=404)
-    assert router.route(notification(ttl=0), record()) == DROPPED
+    delivery, storage, nodes, metrics = make_delivery(push=404)
+    assert delivery.deliver(notification(ttl=0), record()) == DROPPED
     assert storage.table.stored == [] and storage.router.reads == 0
     assert "notification.message_data" not in metrics.names()
     assert len(nodes.calls) == 1
 
 
 def test_ttl_zero_delivered_directly():
-    router, storage, _, _ = make_router(push=200)
-    assert router.route(notification(ttl=0), record()) == DIRECT
+    delivery, storage, _, _ = make_delivery(push=200)
+    assert delivery.deliver(notification(ttl=0), record()) == DIRECT
 
 
 def test_ttl_zero_without_node_is_dropped():
-    router, storage, nodes, _ = make_router()
-    assert router.route(notification(ttl=0), record(None)) == DROPPED
+    delivery, storage, nodes, _ = make_delivery()
+    assert delivery.deliver(notification(ttl=0), record(None)) == DROPPED
     assert nodes.calls == [] and storage.table.stored == []
 
 
 # -- step 3: store ------------------------------------------------------------------
 
 def test_store_throughput_error_is_503_201_with_retry_after():
-    router, _, nodes, _ = make_router(table=FakeTable(error=ThroughputError("slow")))
+    delivery, _, nodes, _ = make_delivery(table=FakeTable(error=ThroughputError("slow")))
     with pytest.raises(EndpointError) as excinfo:
-        router.route(notification(), record())
+        delivery.deliver(notification(), record())
     assert_endpoint_error(excinfo, 503, 201, ("Retry-After", "120"))
     assert len(nodes.calls) == 1  # no PUT /notif
 
 
 def test_store_other_error_is_503_202_with_retry_after():
-    router, storage, _, _ = make_router(table=FakeTable(error=StorageError("boom")))
+    delivery, storage, _, _ = make_delivery(table=FakeTable(error=StorageError("boom")))
     with pytest.raises(EndpointError) as excinfo:
-        router.route(notification(), record())
+        delivery.deliver(notification(), record())
     assert_endpoint_error(excinfo, 503, 202, ("Retry-After", "120"))
     assert storage.router.reads == 0
 
 
 def test_moved_sort_key_gets_a_matching_message_id():
-    router, _, _, _ = make_router(table=FakeTable(collide=True, renew_id=True))
+    delivery, _, _, _ = make_delivery(table=FakeTable(collide=True, renew_id=True))
     message = notification()
     first = message.version
-    assert router.route(message, record()) == STORED
+    assert delivery.deliver(message, record()) == STORED
     assert message.version != first
     parsed = CRYPTO.parse_message_id(message.version)
     assert parsed.sortkey_timestamp == 1718000000123457
@@ -274,19 +275,19 @@ def test_moved_sort_key_gets_a_matching_message_id():
 
 
 def test_topic_message_keeps_its_id():
-    router, _, _, _ = make_router(table=FakeTable(collide=True))
+    delivery, _, _, _ = make_delivery(table=FakeTable(collide=True))
     message = notification(topic="news")
     first = message.version
-    router.route(message, record())
+    delivery.deliver(message, record())
     assert message.version == first
 
 
 # -- steps 4-5: re-read and wake ----------------------------------------------------
 
 def test_record_vanished_after_store_is_410_105():
-    router, storage, nodes, metrics = make_router(reread=None)
+    delivery, storage, nodes, metrics = make_delivery(reread=None)
     with pytest.raises(EndpointError) as excinfo:
-        router.route(notification(), record(None))
+        delivery.deliver(notification(), record(None))
     assert_endpoint_error(excinfo, 410, 105, ("Cache-Control", "max-age=86400"))
     assert len(storage.table.stored) == 1
     assert "updates.client.deleted" in metrics.names()
@@ -296,24 +297,24 @@ def test_record_vanished_after_store_is_410_105():
 
 @pytest.mark.parametrize("error", [StorageError("boom"), ThroughputError("slow")])
 def test_reread_error_answers_stored(error):
-    router, _, nodes, _ = make_router(push=404, reread=error)
-    assert router.route(notification(), record()) == STORED
+    delivery, _, nodes, _ = make_delivery(push=404, reread=error)
+    assert delivery.deliver(notification(), record()) == STORED
     assert len(nodes.calls) == 1
 
 
 @pytest.mark.parametrize("outcome", [404, NodeConnectionError("gone")])
 def test_wake_failure_clears_the_reread_record(outcome):
     reread = record(node_id=OTHER_NODE, connected_at=7)
-    router, storage, _, metrics = make_router(push=503, notif=outcome, reread=reread)
-    assert router.route(notification(), record()) == STORED
+    delivery, storage, _, metrics = make_delivery(push=503, notif=outcome, reread=reread)
+    assert delivery.deliver(notification(), record()) == STORED
     assert storage.router.cleared == [reread]
     assert ("updates.client.host_gone" in metrics.names()) == isinstance(outcome, Exception)
 
 
 @pytest.mark.parametrize("status", [200, 202, 500, 503])
 def test_wake_other_statuses_leave_the_record(status):
-    router, storage, _, _ = make_router(push=503, notif=status)
-    assert router.route(notification(), record()) == STORED
+    delivery, storage, _, _ = make_delivery(push=503, notif=status)
+    assert delivery.deliver(notification(), record()) == STORED
     assert storage.router.cleared == []
 
 
@@ -435,3 +436,32 @@ def test_read_body_is_bounded():
     stream = Endless()
     assert len(read_body(stream, 20)) == 21
     assert stream.reads == 3
+
+
+# -- the one storage-error mapping ---------------------------------------------------
+
+@pytest.mark.parametrize("error, errno, level", [
+    (ThroughputError("slow"), 201, logging.WARNING),
+    (StorageError("boom"), 202, logging.ERROR),
+    (ConditionFailed("lost"), 202, logging.ERROR),
+])
+def test_storage_error_maps_and_logs(caplog, error, errno, level):
+    logger = logging.getLogger("tests.storage_error")
+    with caplog.at_level(logging.DEBUG, logger="tests.storage_error"):
+        result = storage_error(error, "store_message", logger)
+    assert isinstance(result, EndpointError)
+    assert (result.status, result.errno) == (503, errno)
+    assert result.response()[1]["Retry-After"] == "120"
+    [line] = caplog.records
+    assert line.name == "tests.storage_error" and line.levelno == level
+    assert line.getMessage().startswith("store_message ")
+
+
+@pytest.mark.parametrize("error, errno", [(ThroughputError("slow"), 201),
+                                          (StorageError("boom"), 202)])
+def test_app_delete_storage_errors_are_503(error, errno):
+    message_id = CRYPTO.message_id(UAID, CHID, sortkey_timestamp=1718000000123456)
+    client, _ = make_app(FakeStorage(FakeRouter(error)))
+    response = client.delete(f"/m/{message_id}")
+    assert_error_body(response, 503, errno)
+    assert response.headers["Retry-After"] == "120"

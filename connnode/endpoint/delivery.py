@@ -13,11 +13,15 @@ with a consistent read, and the Notification it built from the request.
     5. wake:    PUT {node_id}/notif/{uaid}     404 / connection error -> clear_node
                                                -> done (Stored)
 
-`MessageRouter.route` returns the destination; errors that must be answered
+`Delivery.deliver` returns the destination; errors that must be answered
 are raised as `EndpointError` (503/201 throughput, 503/202 other storage
-error, 410/105 record vanished). The Notification is updated in place: when
-the store moved a timestamped sort key (collision rule, 6.3) its `version`
-is the message id of the new key, which is what `Location` must carry.
+error, both from `connnode.endpoint.errors.storage_error`; 410/105 record
+vanished). The Notification is updated in place: when the store moved a
+timestamped sort key (collision rule, 6.3) its `version` is the message id
+of the new key, which is what `Location` must carry.
+
+"Router" here means only the router table (R, the user's record) and the
+CN's private router API (`/push`, `/notif`).
 
 Metrics counted here: `updates.client.host_gone` (connection error talking to
 a CN, at step 1 or 5), `updates.client.deleted` (410/105) and
@@ -27,7 +31,7 @@ a CN, at step 1 or 5), `updates.client.deleted` (410/105) and
 Decisions where PROTOCOL.md is silent:
 
 * `clear_node` is a best-effort hint: *any* storage error from it (not only
-  throughput errors) is logged and ignored, and routing goes on. A record
+  throughput errors) is logged and ignored, and delivery goes on. A record
   without `connected_at` cannot satisfy clear_node's condition, so it is not
   tried.
 * A TTL-0 message that found no connected client is answered 201 with the
@@ -37,8 +41,8 @@ Decisions where PROTOCOL.md is silent:
 """
 import logging
 
-from connnode.db.dynamo import StorageError, ThroughputError
-from connnode.endpoint.errors import EndpointError
+from connnode.db.dynamo import StorageError
+from connnode.endpoint.errors import EndpointError, storage_error
 from connnode.nodeclient import NodeConnectionError
 
 log = logging.getLogger(__name__)
@@ -48,8 +52,8 @@ STORED = "Stored"
 DROPPED = "Dropped"
 
 
-class MessageRouter:
-    """Routes notifications for one endpoint worker.
+class Delivery:
+    """Delivers (or stores) notifications for one endpoint worker.
 
     ``storage`` provides ``router`` (``get_uaid``, ``clear_node``),
     ``message_table(name)`` (``store_message``) and ``crypto``
@@ -62,7 +66,7 @@ class MessageRouter:
         self.node_client = node_client
         self.metrics = metrics
 
-    def route(self, notification, record):
+    def deliver(self, notification, record):
         """Deliver or store ``notification`` for the user of ``record``;
         the destination (``DIRECT``, ``STORED`` or ``DROPPED``)."""
         node_id = record.get("node_id")
@@ -99,12 +103,8 @@ class MessageRouter:
         table = self.storage.message_table(record["current_month"])
         try:
             table.store_message(notification)
-        except ThroughputError as exc:
-            log.warning("store_message throttled: %s", exc)
-            raise EndpointError(503, 201) from None
         except StorageError as exc:
-            log.error("store_message failed: %s", exc)
-            raise EndpointError(503, 202) from None
+            raise storage_error(exc, "store_message", log) from None
 
     def _wake(self, uaid):
         """Steps 4 and 5: re-read the record and ask its node to check storage."""

@@ -1,5 +1,5 @@
-"""The status routes of PROTOCOL.md 4.11, shared by the private router app and
-the public app of the connection node (and usable by the endpoint node):
+"""The status routes of PROTOCOL.md 4.11, shared by both nodes: the connection
+node's private router app and public app, and the endpoint node's app:
 
     GET /status           {"status": "OK", "version": ...}
     GET /health           storage health; 200 or 503
