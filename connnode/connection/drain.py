@@ -320,31 +320,31 @@ class Drain:
         if self.state >= CLOSING or self.batch:
             return
         if self.draining:
-            self._spawn_drain()
+            if self.sent_in_drain >= self.ctx.settings.msg_limit:
+                self.ctx.pending.spawn(self.uaid, self._decide_at_limit, self.table, self.phase,
+                                       self.cursor)
+            else:
+                self._spawn_drain()
         elif self.recheck:
             self.start_check()
 
-    def _finish_limit_check(self):
-        """At close (before ``batch`` is dropped): a drain that has sent
-        ``msg_limit`` messages, all acked, would fetch once more and reset
-        the user if one more is waiting (8.3 step 4). A client that closes
-        right after its last ack must not escape that decision, so it runs
-        here, under the write barrier, even though the connection is gone;
-        the reconnect's hello waits for it."""
-        if not (self.draining and not self.batch and self.uaid is not None
-                and self.table is not None and self.sent_in_drain >= self.ctx.settings.msg_limit):
-            return
-        self.ctx.pending.spawn(self.uaid, self._reset_if_more, self.table, self.phase, self.cursor)
-
-    def _reset_if_more(self, table, phase, cursor):
+    def _decide_at_limit(self, table, phase, cursor):
+        """The continuation of a drain that has sent ``msg_limit`` messages,
+        all acked: if one more is waiting, the user is reset (8.3 step 4).
+        It runs under the write barrier and to its end even if the client
+        closes right after its last ack, so that a reconnect's hello (which
+        waits for the barrier) sees the reset instead of the same uaid."""
         try:
-            waiting = _next_live_message(table, self.uaid, phase, cursor)
+            more = _next_live_message(table, self.uaid, phase, cursor, self.direct)
         except StorageError as exc:
-            log.warning("msg_limit check at close failed: %s", exc)
-            return
-        if waiting:
-            log.info("user reset at close: over msg_limit")
+            log.warning("msg_limit check failed: %s", exc)
+            more = None
+        if more:
+            self._count("reset")
             retry_forever(self.ctx.storage.router.drop_user, self.uaid)
+            self.close(Close.USER_RESET)
+        elif self.state < CLOSING:
+            self._spawn_drain()  # the drain goes on (or completes) as usual
 
     def _reset_user(self):
         self._count("reset")
@@ -377,14 +377,21 @@ class Drain:
 LIVE_SEARCH_PAGES = 10
 
 
-def _next_live_message(table, uaid, phase, cursor):
+def _next_live_message(table, uaid, phase, cursor, outstanding):
     """Whether a drain that continues in ``phase`` from ``cursor`` would
-    find an unexpired message (bounded to ``LIVE_SEARCH_PAGES`` fetches)."""
+    send an unexpired message: one not in ``outstanding`` (the direct
+    messages the client holds already). Bounded to ``LIVE_SEARCH_PAGES``
+    fetches."""
     now = time.time()
+
+    def sendable(items):
+        return any(not item.expired(now) and (item.chid, item.version) not in outstanding
+                   for item in items)
+
     later = None
     if phase == TOPIC:
         topic_cursor, items, later = table.fetch_topic_phase(uaid)
-        if any(not item.expired(now) for item in items):
+        if sendable(items):
             return True
         if topic_cursor is not None:
             cursor = topic_cursor
@@ -394,7 +401,7 @@ def _next_live_message(table, uaid, phase, cursor):
             later = None
         else:
             new_cursor, items = table.fetch_timestamp_messages(uaid, cursor)
-        if any(not item.expired(now) for item in items):
+        if sendable(items):
             return True
         if not items or new_cursor is None or new_cursor == cursor:
             return False

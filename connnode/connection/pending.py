@@ -4,6 +4,7 @@ finish, and a fetch for that uaid first waits for the writes that were
 registered before it was scheduled (at most 5 s). A reconnect that follows an
 ack or a close within milliseconds therefore reads the state they wrote."""
 import logging
+import time
 
 import gevent
 
@@ -50,6 +51,19 @@ class PendingWrites:
     def wait(self, jobs, timeout=BARRIER_TIMEOUT):
         if jobs:
             gevent.joinall(jobs, timeout=timeout)
+
+    def wait_idle(self, uaid, timeout=BARRIER_TIMEOUT):
+        """Wait until no write of ``uaid`` is registered, bounded: a resumed
+        hello reads the record after everything the last connection of that
+        uaid left running, including work one finished write started (the
+        msg_limit decision follows an ack's cursor write)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.snapshot(uaid)
+            remaining = deadline - time.monotonic()
+            if not jobs or remaining <= 0:
+                return
+            gevent.joinall(jobs, timeout=remaining)
 
     def wait_all(self, timeout):
         """Shutdown: wait for every registered write, bounded."""

@@ -235,7 +235,7 @@ class Session(Drain):
         if uaid:
             # A close of this uaid moments ago may still be writing (saves,
             # acks, the msg_limit decision): read the record after them.
-            ctx.pending.wait(ctx.pending.snapshot(uaid))
+            ctx.pending.wait_idle(uaid)
         stored = storage.router.get_uaid(uaid) if uaid else None
         if stored is not None:
             if "router_type" not in stored or "connected_at" not in stored:
@@ -406,7 +406,6 @@ class Session(Drain):
         # Durable direct messages (stored_in set) are in storage already.
         saving = [n for n in self.direct.values()
                   if n is not ACKED and n.stored_in is None and n.ttl and not n.expired(now)]
-        self._finish_limit_check()
         self.direct = NO_ITEMS
         self.batch = NO_ITEMS
         if saving and self.table is not None:

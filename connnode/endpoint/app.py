@@ -101,7 +101,7 @@ class WebPushAPI:
         self.expected_origin = normalise_origin(settings.endpoint_url)
         self.max_data_bytes = settings.max_data_bytes
         self.max_ttl = settings.max_ttl
-        self.delivery = Delivery(storage, node_client, metrics)
+        self.delivery = Delivery(storage, node_client, metrics, settings.durable_direct)
 
     # -- POST /wpush (4.6) -------------------------------------------------
     def post(self, rest):

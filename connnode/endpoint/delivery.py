@@ -13,6 +13,16 @@ with a consistent read, and the Notification it built from the request.
     5. wake:    PUT {node_id}/notif/{uaid}     404 / connection error -> clear_node
                                                -> done (Stored)
 
+**Durable direct delivery** (``durable_direct``, on by default; README
+"Durable delivery"): a message with TTL > 0 is stored first (step 3), so
+that the 201 survives a SIGKILLed connection worker, and then handed over
+(step 1) with ``stored_in`` naming its table in the PUT /push body; the CN
+deletes the stored copy when the client acks it. A direct hand-over that
+failed goes on with steps 4 and 5, as a stored message does. TTL-0 messages
+take the order above (nothing is stored). Storage calls per message handed
+to a connected client: 2 instead of 1 here (BatchGetItem, PutItem), plus the
+CN's share of a batched delete on ack.
+
 `Delivery.deliver` returns the destination; errors that must be answered
 are raised as `EndpointError` (503/201 throughput, 503/202 other storage
 error, both from `connnode.endpoint.errors.storage_error`; 410/105 record
@@ -61,21 +71,26 @@ class Delivery:
     returning the HTTP status or raising ``NodeConnectionError``.
     """
 
-    def __init__(self, storage, node_client, metrics):
+    def __init__(self, storage, node_client, metrics, durable_direct=True):
         self.storage = storage
         self.node_client = node_client
         self.metrics = metrics
+        self.durable_direct = durable_direct
 
     def deliver(self, notification, record):
         """Deliver or store ``notification`` for the user of ``record``;
         the destination (``DIRECT``, ``STORED`` or ``DROPPED``)."""
         node_id = record.get("node_id")
+        stored_first = self.durable_direct and notification.ttl > 0
+        if stored_first:
+            notification.stored_in = self._store(notification, record)
         if node_id and self._push_direct(node_id, notification, record):
             self._count_data(notification, DIRECT)
             return DIRECT
         if notification.ttl == 0:
             return DROPPED
-        self._store(notification, record)
+        if not stored_first:
+            self._store(notification, record)
         self._wake(notification.uaid)
         self._count_data(notification, STORED)
         return STORED
@@ -105,6 +120,7 @@ class Delivery:
             table.store_message(notification)
         except StorageError as exc:
             raise storage_error(exc, "store_message", log) from None
+        return table.name
 
     def _wake(self, uaid):
         """Steps 4 and 5: re-read the record and ask its node to check storage."""

@@ -37,7 +37,9 @@ def build_endpoint(settings):
     from connnode.metrics import Metrics
     from connnode.nodeclient import NodeClient
 
-    storage = Storage(settings)
+    # Every DynamoDB call bounded (retries included): a hung store answers
+    # POSTs 503 within seconds instead of holding them for botocore's ~28 s.
+    storage = Storage(settings, call_timeout=settings.ddb_call_timeout)
     storage.wait_ready()
     app = create_endpoint_app(storage, Metrics.from_settings(settings), NodeClient(settings),
                               settings)

@@ -535,3 +535,25 @@ def test_rotation_pending_user_is_moved(node):
     wait_until(lambda: node.storage.router.get_uaid(uaid)["current_month"] == node.storage.rotation.current)
     assert node.storage.current_table.all_channels(uaid) == (True, {chid})
     assert session.table.name == node.storage.rotation.current
+
+
+def test_msg_limit_decided_when_the_client_closes_right_after_its_last_ack(node):
+    """The drain continuation the 20th ack starts must still find the 21st
+    message after the client has gone; the reconnect gets a new uaid."""
+    session, transport = connect(node)
+    uaid = hello(session, transport)["uaid"]
+    close(session, transport)
+    chid = str(uuid.uuid4())
+    for _ in range(21):
+        stored_message(node, uaid, chid)
+    session, transport = connect(node)
+    hello(session, transport, uaid)
+    for _ in range(2):
+        wait_until(lambda: session.batch)
+        session.on_text(json.dumps({"messageType": "ack", "updates": [
+            {"channelID": c, "version": v} for (c, v) in list(session.batch)]}))
+    close(session, transport)
+    assert len(transport.frames("notification")) == 20
+    again, again_transport = connect(node)
+    assert hello(again, again_transport, uaid)["uaid"] != uaid
+    assert node.storage.router.get_uaid(uaid) is None

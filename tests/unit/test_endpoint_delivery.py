@@ -9,8 +9,8 @@ import pytest
 from connnode.crypto import TokenCrypto
 from connnode.db.dynamo import ConditionFailed, StorageError, ThroughputError
 from connnode.endpoint.app import create_endpoint_app, read_body
-from connnode.endpoint.errors import EndpointError, storage_error
 from connnode.endpoint.delivery import DIRECT, DROPPED, STORED, Delivery
+from connnode.endpoint.errors import EndpointError, storage_error
 from connnode.nodeclient import NodeConnectionError
 from connnode.notification import Notification
 from connnode.settings import Settings
@@ -83,6 +83,8 @@ class FakeRouter:
 
 
 class FakeTable:
+    name = MONTH
+
     def __init__(self, error=None, collide=False, renew_id=False):
         self.error = error
         self.collide = collide  # move the sort key on store, as a collision does
@@ -146,12 +148,15 @@ def notification(ttl=60, topic=None, data="aGVsbG8"):
                         headers={"encoding": "aes128gcm"} if data else None)
 
 
-def make_delivery(push=404, notif=200, reread="same", clear_error=None, table=None):
+def make_delivery(push=404, notif=200, reread="same", clear_error=None, table=None,
+                  durable=False):
+    """A Delivery on fakes; by default in PROTOCOL.md 5's order (direct
+    first), which ``durable_direct = false`` keeps."""
     reread_record = record() if reread == "same" else reread
     storage = FakeStorage(FakeRouter(reread_record, clear_error), table)
     nodes = FakeNodeClient(push, notif)
     metrics = FakeMetrics()
-    return Delivery(storage, nodes, metrics), storage, nodes, metrics
+    return Delivery(storage, nodes, metrics, durable), storage, nodes, metrics
 
 
 def assert_endpoint_error(excinfo, status, errno, header=None):
@@ -160,6 +165,55 @@ def assert_endpoint_error(excinfo, status, errno, header=None):
     if header:
         name, value = header
         assert error.response()[1][name] == value
+
+
+# -- durable direct delivery (the default) ---------------------------------------------
+
+def test_durable_stores_first_then_hands_over_naming_the_table():
+    delivery, storage, nodes, metrics = make_delivery(push=200, durable=True)
+    message = notification()
+    assert delivery.deliver(message, record()) == DIRECT
+    assert storage.table.stored == [message] and message.stored_in == MONTH
+    assert nodes.calls == [(f"{NODE}/push/{UAID}", message.push_body())]
+    assert nodes.calls[0][1]["stored_in"] == MONTH
+    assert storage.router.reads == 0  # no re-read: the holder took it
+    assert ("notification.message_data", 7, {"destination": "Direct"}) in metrics.counts
+
+
+def test_durable_store_failure_answers_503_before_any_hand_over():
+    delivery, storage, nodes, _ = make_delivery(push=200, durable=True,
+                                                table=FakeTable(error=StorageError("down")))
+    with pytest.raises(EndpointError) as excinfo:
+        delivery.deliver(notification(), record())
+    assert_endpoint_error(excinfo, 503, 202)
+    assert nodes.calls == []
+
+
+@pytest.mark.parametrize("push", [404, 503, NodeConnectionError("refused")])
+def test_durable_failed_hand_over_wakes_without_storing_twice(push):
+    reread = record(node_id=OTHER_NODE, connected_at=5)
+    delivery, storage, nodes, _ = make_delivery(push=push, notif=200, reread=reread,
+                                                durable=True)
+    message = notification()
+    assert delivery.deliver(message, record()) == STORED
+    assert storage.table.stored == [message]
+    assert [url for url, _ in nodes.calls] == [f"{NODE}/push/{UAID}", f"{OTHER_NODE}/notif/{UAID}"]
+
+
+def test_durable_ttl_0_is_never_stored():
+    delivery, storage, nodes, _ = make_delivery(push=404, durable=True)
+    message = notification(ttl=0)
+    assert delivery.deliver(message, record()) == DROPPED
+    assert storage.table.stored == [] and message.stored_in is None
+    assert "stored_in" not in nodes.calls[0][1]
+
+
+def test_durable_offline_user_is_stored_once_and_woken():
+    delivery, storage, nodes, _ = make_delivery(durable=True)
+    message = notification()
+    assert delivery.deliver(message, record(node_id=None)) == STORED
+    assert storage.table.stored == [message]
+    assert [url for url, _ in nodes.calls] == [f"{NODE}/notif/{UAID}"]
 
 
 # -- step 1: direct ---------------------------------------------------------------
