@@ -2,9 +2,14 @@
 
 One ``NodeClient`` per process, built after gevent's monkey patching (urllib3
 then uses gevent sockets). It keeps one keep-alive pool per node
-(scheme, host, port), up to ``POOL_MAXSIZE`` idle connections each; a burst
-above that opens extra connections that are closed after use instead of
-waiting for a free one (``block=False``).
+(scheme, host, port) of ``POOL_MAXSIZE`` connections. A burst above that
+waits for a free connection (``block=True``) instead of opening extra ones
+that urllib3 would throw away after one use ("Connection pool is full,
+discarding connection", seen at 500 concurrent publishers): the wait is
+bounded by ``router_request_timeout``, and a call that found no free
+connection in that time is answered as the busy status 503 (leave the
+record, store the message), not as a connection error: the other node is
+not gone, this process is congested.
 
 Timeouts: ``router_connect_timeout`` to connect, ``router_request_timeout`` for
 the whole call as urllib3 counts it (the read timeout is what is left of the
@@ -15,12 +20,14 @@ problem (refused, reset, DNS failure, timeout, broken pooled connection)
 becomes ``NodeConnectionError``; an HTTP answer of any status is returned.
 """
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import EmptyPoolError, HTTPError
 
 from connnode.encoding import compact_json
 from connnode.onewrite import one_write_pools
 
 POOL_MAXSIZE = 50
+#: What a call answers when no pooled connection came free in time.
+CONGESTED = 503
 # Distinct nodes kept in the pool manager before the least recently used
 # pool is dropped: every CN worker is its own (host, port), so the default
 # of 10 would churn connections on any real cluster.
@@ -37,7 +44,8 @@ class NodeClient:
     def __init__(self, settings):
         self.timeout = urllib3.Timeout(connect=settings.router_connect_timeout,
                                        total=settings.router_request_timeout)
-        self.pool = urllib3.PoolManager(num_pools=NUM_POOLS, maxsize=POOL_MAXSIZE, block=False,
+        self.pool_timeout = settings.router_request_timeout
+        self.pool = urllib3.PoolManager(num_pools=NUM_POOLS, maxsize=POOL_MAXSIZE, block=True,
                                         timeout=self.timeout, retries=False)
         # One write per request (header block and body together): connnode/onewrite.py.
         self.pool.pool_classes_by_scheme = one_write_pools()
@@ -59,7 +67,10 @@ class NodeClient:
     def _call(self, method, url, body, headers):
         try:
             response = self.pool.urlopen(method, url, body=body, headers=headers,
-                                         redirect=False, preload_content=True)
+                                         redirect=False, preload_content=True,
+                                         pool_timeout=self.pool_timeout)
+        except EmptyPoolError:
+            return CONGESTED
         except (HTTPError, OSError) as exc:
             raise NodeConnectionError(f"{method} {url}: {exc}") from exc
         return response.status

@@ -11,6 +11,7 @@ import os
 import time
 
 import gevent
+from gevent.lock import BoundedSemaphore
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +100,39 @@ class Dynamo:
     greenlet's stack is freed when it ends. Costs ~13 us per call.
     """
 
-    def __init__(self, client, own_greenlet=False, call_timeout=0.0):
+    def __init__(self, client, own_greenlet=False, call_timeout=0.0, concurrency=0):
         self.client = client
         self.own_greenlet = own_greenlet
-        #: Seconds a call may take, botocore's retries included (0: botocore's
-        #: own timeouts only, which add up to ~28 s against a hung store).
+        #: Seconds a call may take, its wait for a turn and botocore's
+        #: retries included (0: botocore's own timeouts only, which add up
+        #: to ~28 s against a hung store).
         self.call_timeout = call_timeout
+        #: Calls in flight at once (0: unbounded). Set to the size of
+        #: botocore's connection pool, a burst of calls waits for a pooled
+        #: connection instead of opening extra ones that urllib3 throws away
+        #: after one use ("Connection pool is full, discarding connection").
+        self._turns = BoundedSemaphore(concurrency) if concurrency else None
 
     def call(self, operation, **kwargs):
         if not self.call_timeout:
-            return self._call_here_or_own(operation, kwargs)
+            return self._take_turn(operation, kwargs)
         deadline = gevent.Timeout(self.call_timeout)
         deadline.start()
         try:
-            return self._call_here_or_own(operation, kwargs)
+            return self._take_turn(operation, kwargs)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
             raise StorageError(f"{operation}: no answer within {self.call_timeout:g} s") from None
         finally:
             deadline.close()
+
+    def _take_turn(self, operation, kwargs):
+        turns = self._turns
+        if turns is None:
+            return self._call_here_or_own(operation, kwargs)
+        with turns:
+            return self._call_here_or_own(operation, kwargs)
 
     def _call_here_or_own(self, operation, kwargs):
         if self.own_greenlet:

@@ -4,6 +4,7 @@ import socket
 import time
 
 import gevent
+import gevent.event
 import pytest
 import simplejson as json
 from gevent import pywsgi
@@ -133,3 +134,42 @@ def test_default_timeouts_follow_settings():
     nodes = client()
     assert nodes.timeout.connect_timeout == 0.5
     assert nodes.timeout.total == 3.0
+
+
+def test_a_burst_above_the_pool_waits_for_connections_instead_of_opening_more(server,
+                                                                                  monkeypatch):
+    """More concurrent calls than pooled connections: they take turns on the
+    pool's connections (no extra connection opened and thrown away)."""
+    from connnode import nodeclient
+    monkeypatch.setattr(nodeclient, "POOL_MAXSIZE", 2)
+    made = client()
+    calls = [gevent.spawn(made.put, server.url + "/notif/" + "a" * 32) for _ in range(20)]
+    gevent.joinall(calls, timeout=10)
+    assert [call.value for call in calls] == [200] * 20
+    assert len({request["peer_port"] for request in server.requests}) <= 2
+
+
+def test_no_free_connection_in_time_is_busy_not_a_connection_error(monkeypatch):
+    """A pool whose connections are all held past router_request_timeout
+    answers 503 (store the message, keep the record), not a dead node."""
+    from connnode import nodeclient
+    monkeypatch.setattr(nodeclient, "POOL_MAXSIZE", 1)
+    release = gevent.event.Event()
+
+    def slow(environ, start_response):
+        release.wait(5)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    srv = pywsgi.WSGIServer(("127.0.0.1", 0), slow, log=None)
+    srv.start()
+    try:
+        made = client(router_request_timeout=2)
+        made.pool_timeout = 0.2  # shorter than the holder's call, for the test
+        url = f"http://127.0.0.1:{srv.server_port}/notif/" + "a" * 32
+        holder = gevent.spawn(made.put, url)
+        gevent.sleep(0.05)  # the holder has the one connection
+        assert made.put(url) == 503
+        release.set()
+        holder.join(5)
+    finally:
+        srv.stop(timeout=1)
