@@ -5,6 +5,7 @@ again; a drain running beside direct delivery sends nothing twice; the
 msg_limit decision survives a close right after the last ack."""
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -199,3 +200,133 @@ def test_close_right_after_the_last_ack_at_msg_limit_still_resets(service):
     fresh = PushClient(service.cn.ws_url)
     assert fresh.hello(uaid)["uaid"] != uaid
     fresh.close()
+
+
+class Receiver:
+    """A browser that stays connected whatever happens: it reconnects with
+    its uaid after any close (storage checks fail while the store is down),
+    records every notification's version and acks it."""
+
+    def __init__(self, svc, uaid):
+        self.svc = svc
+        self.uaid = uaid
+        self.versions = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                made = PushClient(self.svc.cn.ws_url, timeout=3)
+                if made.hello(self.uaid)["uaid"] != self.uaid:
+                    raise AssertionError("uaid lost")
+            except (OSError, websocket.WebSocketException, ConnectionError):
+                self.stop.wait(0.2)
+                continue
+            except AssertionError as exc:
+                if "uaid lost" in str(exc):
+                    raise
+                self.stop.wait(0.2)  # a hello answered 503 while the store is down
+                continue
+            try:
+                while not self.stop.is_set():
+                    try:
+                        frame = made.recv(timeout=0.5)
+                    except websocket.WebSocketTimeoutException:
+                        continue
+                    if frame.get("messageType") == "notification":
+                        self.versions.append(frame["version"])
+                        made.ack(frame)
+            except (OSError, websocket.WebSocketException, ConnectionError):
+                pass
+            finally:
+                made.close()
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_sigkill_of_the_store_under_load_loses_no_accepted_message(tmp_path):
+    """50 POST/s to 20 connected clients for 8 s; dynalite (data on disk) is
+    SIGKILLed after 2 s and restarted 2 s later. Every 201 is delivered;
+    the POSTs refused meanwhile get 503, never 500, within the client's
+    timeout."""
+    from connnode.embedded import Dynalite, wait_for_port
+    store = Dynalite(data_path=tmp_path / "ddb").start()
+    svc = Service(store, tmp_path)
+    svc.start()
+    receivers = []
+    try:
+        clients = subscribed(svc, 20)
+        for made, _ in clients:
+            made.close()
+        receivers = [Receiver(svc, made.uaid) for made, _ in clients]
+        accepted, refused, durations = [], [], []
+        started = time.monotonic()
+        killed = restarted = False
+        n = 0
+        while time.monotonic() - started < 8:
+            elapsed = time.monotonic() - started
+            if elapsed > 2 and not killed:
+                store.process.send_signal(signal.SIGKILL)
+                store.process.wait()
+                killed = True
+            if elapsed > 4 and not restarted:
+                store.start()
+                restarted = True
+            endpoint = clients[n % len(clients)][1]
+            n += 1
+            sent = time.monotonic()
+            try:
+                response = post(endpoint, body=os.urandom(24), ttl="600")
+            except requests.RequestException as exc:
+                refused.append(repr(exc))
+                continue
+            durations.append(time.monotonic() - sent)
+            if response.status_code == 201:
+                accepted.append(response.headers["Location"].rsplit("/m/", 1)[1])
+            else:
+                refused.append(response.status_code)
+            time.sleep(max(0.0, 0.02 - (time.monotonic() - sent)))
+        assert set(refused) <= {503}, refused
+        assert max(durations) < 9, max(durations)
+        wait_for_port(store.port)
+        wait_for(lambda: set(accepted) <= {v for r in receivers for v in r.versions},
+                 timeout=60, what="every accepted message delivered")
+    finally:
+        for receiver in receivers:
+            receiver.finish()
+        svc.stop()
+        store.stop()
+    delivered = {v for r in receivers for v in r.versions}
+    lost = [version for version in accepted if version not in delivered]
+    print(f"store SIGKILL: {len(accepted)} accepted, {len(refused)} refused (503), "
+          f"{len(lost)} lost; slowest POST {max(durations):.2f} s")
+    assert not lost and len(accepted) > 100
+
+
+def test_a_hung_store_answers_503_within_seconds(tmp_path):
+    """dynalite stopped (SIGSTOP): connections are accepted, nothing answers.
+    A POST gets 503 within ddb_call_timeout (3 s) and a little, not after
+    botocore's ~28 s of timeouts and retries."""
+    from connnode.embedded import Dynalite
+    store = Dynalite().start()
+    svc = Service(store, tmp_path)
+    svc.start()
+    try:
+        ((made, endpoint),) = subscribed(svc, 1)
+        store.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            response = post(endpoint, body=b"x" * 16, ttl="600")
+            elapsed = time.monotonic() - started
+        finally:
+            store.process.send_signal(signal.SIGCONT)
+        assert response.status_code == 503 and response.json()["errno"] == 202
+        assert elapsed < 5, elapsed
+        made.close()
+    finally:
+        svc.stop()
+        store.stop()
