@@ -1,7 +1,8 @@
 """The ``connnode`` command: storage maintenance and the one-machine runner.
 
-    connnode db create-tables | rotate | preflight | drop-user UAID | drop-old-users
+    connnode db create-tables | rotate | preflight | drop-user UAID | drop-old-users | sweep
     connnode dynalite     run the embedded dynalite in the foreground (data in data_dir)
+    connnode sweeper      a storage sweep every sweep_interval seconds (embedded store only)
     connnode run          one machine: embedded dynalite, tables, then the nodes
 """
 import argparse
@@ -48,6 +49,49 @@ def cmd_drop_user(settings, args):
 def cmd_drop_old_users(settings, args):
     count = _storage(settings).router.drop_old_users(args.months_ago)
     print(f"dropped {count} router records")
+
+
+def _print_sweep(result):
+    if not result.taken:
+        print("another sweep holds the lease; nothing done")
+        return 1
+    for table, count in sorted(result.deleted.items()):
+        print(f"{table}: {count} expired items deleted")
+    print(f"tables dropped: {', '.join(result.dropped) or 'none'}")
+    if result.lease_lost:
+        print("stopped early: the lease was taken over")
+    return 0
+
+
+def cmd_sweep(settings, args):
+    """One pass of the storage sweeper (connnode/db/sweep.py), lease permitting."""
+    from connnode.db.sweep import Sweeper
+    return _print_sweep(Sweeper(_storage(settings)).run_once())
+
+
+def cmd_sweeper(settings, args):
+    """A sweep every ``sweep_interval`` seconds, forever; only for the embedded
+    store. ``connnode run`` sets CONNNODE_AWS_DDB_ENDPOINT itself and says in
+    CONNNODE_RUN_EMBEDDED whether the store is its dynalite; outside it, an
+    operator's ``aws_ddb_endpoint`` (or none: AWS) is not ours to sweep."""
+    import logging
+    import signal
+
+    from connnode.db.sweep import Sweeper, run_forever
+    if os.environ.get("CONNNODE_RUN_EMBEDDED", "").lower() != "true":
+        where = settings.aws_ddb_endpoint or "AWS DynamoDB"
+        print(f"connnode sweeper: the store is {where}, not the embedded dynalite: nothing to do "
+              "(enable DynamoDB TTL on the attribute `expiry` instead)", file=sys.stderr)
+        return 0
+    if not settings.sweep_interval:
+        print("connnode sweeper: sweep_interval is 0: disabled", file=sys.stderr)
+        return 0
+    logging.getLogger().setLevel(os.environ.get("CONNNODE_LOG_LEVEL", "INFO"))
+    # SIGTERM (supervisord's stop) unwinds the pass, which releases its lease.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    print(f"connnode sweeper: a pass every {settings.sweep_interval:g} s against "
+          f"{settings.aws_ddb_endpoint}", flush=True)
+    run_forever(Sweeper(_storage(settings)), settings.sweep_interval)
 
 
 def _embedded_port_refusal(settings):
@@ -151,8 +195,12 @@ def build_parser():
     old = db.add_parser("drop-old-users", help="delete records last connected N months ago")
     old.add_argument("--months-ago", type=int, default=2)
     old.set_defaults(func=cmd_drop_old_users)
+    db.add_parser("sweep", help="one storage sweep: expired items, old message tables"
+                  ).set_defaults(func=cmd_sweep)
     sub.add_parser("dynalite", help="run the embedded dynalite").set_defaults(func=cmd_dynalite)
     sub.add_parser("run", help="run the whole service on this machine").set_defaults(func=cmd_run)
+    sub.add_parser("sweeper", help="a storage sweep every sweep_interval seconds (embedded store)"
+                   ).set_defaults(func=cmd_sweeper)
     return parser
 
 

@@ -120,6 +120,9 @@ OPTIONS = {
     # ours: durable direct delivery (README "Durable delivery"): a message with
     # TTL > 0 is stored before the 201, handed to its holder, and deleted on ack
     "durable_direct": (_parse_bool, True),
+    # ours: seconds between passes of `connnode sweeper` (README "Storage
+    # sweeper"), the embedded store's stand-in for DynamoDB TTL; 0 disables it
+    "sweep_interval": (_seconds, 3600.0),
 }
 
 
