@@ -23,7 +23,7 @@ import simplejson as json  # noqa: E402
 from bench import baseline_push, baseline_server  # noqa: E402
 from connnode.connection.router_app import create_router_app  # noqa: E402
 from connnode.connection.session import READY, Session  # noqa: E402
-from connnode.connection.websocket import Transport  # noqa: E402
+from connnode.connection.transport import Transport  # noqa: E402
 
 ROUNDS = 3
 

@@ -10,7 +10,7 @@ to the Flask app.
 """
 from flask import Flask
 
-from connnode.connection.websocket import serve_connection
+from connnode.connection.transport import serve_connection
 from connnode.status import status_routes
 
 SUBPROTOCOL = "push-notification"

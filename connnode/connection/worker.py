@@ -28,8 +28,9 @@ server from ``worker.wsgi`` and ``worker.wsgi_handler``. There it:
    ``router_port + slot`` with ``TCP_NODELAY`` (without it a keep-alive
    request costs ~43 ms instead of ~0.6 ms) and no access log;
 3. configures ``ConnectionHandler`` (``max_connections``,
-   ``open_handshake_timeout``, ``current_connections``) and puts it and the
-   node's public app in place of gunicorn's handler and the placeholder app;
+   ``open_handshake_timeout``, ``current_connections`` from
+   ``node.connections``) and puts it and the node's public app in place of
+   gunicorn's handler and the placeholder app;
 4. starts the node, the optional gevent backdoor (``backdoor_port + slot``,
    loopback only), and a watcher that calls ``node.shutdown`` once gunicorn
    asks the worker to stop, so clients get a 1001 close and unacked direct
@@ -58,7 +59,7 @@ from connnode.process import placeholder_app as _placeholder_app
 
 log = logging.getLogger(__name__)
 
-HANDLER_PATH = "connnode.connection.websocket.ConnectionHandler"
+HANDLER_PATH = "connnode.connection.handler.ConnectionHandler"
 ROUTER_BACKLOG = 1024
 
 
@@ -209,19 +210,14 @@ def make_router_server(listener, app, server_name, error_log=None):
                         environ={"SERVER_NAME": server_name})
 
 
-def configure_handler(handler, settings, node=None):
-    """Set ConnectionHandler's per-worker class attributes."""
-    from connnode.connection import websocket
-
+def configure_handler(handler, settings, node):
+    """Set ConnectionHandler's per-worker class attributes. The node's
+    ``connections`` is this process's one count of open WebSockets (its
+    shutdown waits on it too)."""
     handler.max_connections = settings.max_connections
     handler.open_handshake_timeout = settings.open_handshake_timeout
-    counter = getattr(websocket, "open_websockets", None)
-    if counter is None and node is not None:
-        counter = lambda: node.connections  # noqa: E731
-    if counter is not None:
-        handler.current_connections = staticmethod(counter)
-    if node is not None:
-        handler.accepting = staticmethod(lambda: node.accepting)
+    handler.current_connections = staticmethod(lambda: node.connections)
+    handler.accepting = staticmethod(lambda: node.accepting)
     return handler
 
 
@@ -246,7 +242,7 @@ def post_worker_init(worker):
     import gevent
 
     from connnode.connection.node import build_node
-    from connnode.connection.websocket import ConnectionHandler
+    from connnode.connection.handler import ConnectionHandler
     from connnode.settings import Settings
 
     settings = Settings.load()

@@ -1,4 +1,4 @@
-"""The thin I/O layer between a gevent-websocket connection and its Session.
+"""One WebSocket connection as the Session sees it, and the loop that serves it.
 
 The Session (``session.py``) is a state machine that never touches a socket;
 this module owns the socket side of one WebSocket (PROTOCOL.md 2.1, 2.2, 2.12,
@@ -8,44 +8,38 @@ this module owns the socket side of one WebSocket (PROTOCOL.md 2.1, 2.2, 2.12,
   frames under one send lock, ``ping``, ``close`` with a real status code,
   ``abort``, the ``busy`` back-pressure flag, and ``next_message``, a bounded
   frame reader that returns complete text messages and enforces the close
-  codes 1002 / 1003 / 1007 / 1009 itself.
+  codes 1002 / 1003 / 1007 / 1009 itself. It does the reading; the rules
+  (header parsing, the checks, the close payload) are the pure functions of
+  ``frames.py``, and every close code comes from ``closes.py``.
 * :func:`serve_connection` runs one WebSocket to its end: read loop, session
   callbacks, close handshake and the close-handshake safety abort.
-* :class:`ConnectionHandler` is the gevent-websocket handler the connection
-  node runs under gunicorn: 503 above ``max_connections``, opening-handshake
-  deadline, exact subprotocol matching, no broken close frames.
-
-gevent-websocket 0.10.1 is used only for the HTTP upgrade and as the holder of
-the stream; its frame code is bypassed because, on Python 3, it:
-
-* never puts the status code into close frames (``WebSocket.close`` sends the
-  reason alone, so clients read garbage codes);
-* reads frames of any declared length (a header may claim 2**63 bytes) and
-  unmasks byte by byte in Python;
-* lets two greenlets interleave frames on one socket;
-* matches the subprotocol by substring (``push-notification-x`` would select
-  ``push-notification``), answers bad keys with a 500 and writes ``str``
-  bodies for its 4xx answers (a ``TypeError`` on Python 3).
 
 No greenlet is kept per connection besides the one serving it: the close
 deadlines are one-shot hub timers armed only once our close frame is sent.
+
+:func:`serve_connection` first takes the connection over from pywsgi
+(``handler.release_http_state``): the Transport then reads through a
+``SocketReader``, not pywsgi's buffered reader.
 """
-import base64
-import binascii
 import fcntl
 import logging
 import select
 import socket
 import struct
-import sys
 import termios
 import time
 
 import gevent
 from gevent.lock import Semaphore
 from gevent.monkey import get_original
-from gevent.timeout import Timeout
-from geventwebsocket.handler import WebSocketHandler
+
+from connnode.connection.closes import Close
+from connnode.connection.frames import (
+    MAX_CONTROL_PAYLOAD, NO_STATUS_CODE, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, PING_FRAME,
+    FrameViolation, _frame, _unmask, check_frame, close_frame, extended_length_size,
+    parse_close_payload, parse_extended_length, parse_header,
+)
+from connnode.connection.handler import release_http_state
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +48,7 @@ log = logging.getLogger(__name__)
 #: may monkeypatch it, or pass ``close_safety`` to :func:`serve_connection`.
 CLOSE_SAFETY_SECONDS = 10.0
 
-#: The subprotocol the connection node selects when a client offers it.
-SUBPROTOCOL = "push-notification"
-
-OP_CONTINUATION = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-
-_MAX_CONTROL_PAYLOAD = 125
-_MAX_CLOSE_REASON = _MAX_CONTROL_PAYLOAD - 2
 _DISCARD_CHUNK = 16384
-_PING_FRAME = b"\x89\x00"
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
 _INT_ZERO = b"\0\0\0\0"
 _poll = get_original("select", "poll")  # the real one: poll(0) never yields
@@ -91,69 +64,8 @@ _TORN_DOWN = 0x20    # serve_connection has finished with the socket
 _STOP_SENDING = _CLOSING | _PEER_CLOSED | _DEAD
 
 
-class ProtocolViolation(Exception):
-    """The client broke RFC 6455 or our limits; ``code`` is the close code to send.
-
-    ``skip`` is the number of bytes of the offending frame still unread
-    (mask and payload), so the close handshake can resynchronise on the
-    frame boundary and still find the client's close frame.
-    """
-
-    def __init__(self, code, reason, skip=0):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.skip = skip
-
-
 class _EndOfStream(Exception):
     """The peer closed TCP (possibly in the middle of a frame)."""
-
-
-class HandshakeTimeout(OSError):
-    """The opening handshake did not complete within ``open_handshake_timeout``.
-
-    An ``OSError`` so that gevent's request loop treats it as a dropped
-    client (it closes the connection without an answer).
-    """
-
-
-def _unmask(data, mask):
-    """XOR ``data`` with the 4-byte ``mask``, on whole big integers (C speed)."""
-    n = len(data)
-    if not n:
-        return b""
-    key = (mask * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-
-
-def _frame(opcode, payload):
-    """A final, unmasked server frame."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, n)
-    elif n <= 0xFFFF:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    return header + payload
-
-
-def close_frame(code, reason=""):
-    """A close frame carrying ``code`` (2 bytes, network order) and ``reason``.
-
-    The reason is cut to the 123 bytes a control frame leaves, on a UTF-8
-    character boundary.
-    """
-    data = reason.encode("utf-8") if isinstance(reason, str) else bytes(reason or b"")
-    if len(data) > _MAX_CLOSE_REASON:
-        data = data[:_MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
-    return _frame(OP_CLOSE, struct.pack("!H", code) + data)
-
-
-def valid_close_code(code):
-    """Close codes a peer may put on the wire (RFC 6455 7.4, IANA registry)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 class Transport:
@@ -257,7 +169,7 @@ class Transport:
             return False
         self._flags = (self._flags | _PINGED) & ~_PONG_SEEN
         self.ping_sent_at = time.monotonic()
-        return self._send_nowait(_PING_FRAME, _STOP_SENDING) is not False
+        return self._send_nowait(PING_FRAME, _STOP_SENDING) is not False
 
     def _send_frame(self, frame, stop=_STOP_SENDING):
         """Write one whole frame under the send lock. Never raises on I/O errors.
@@ -414,6 +326,8 @@ class Transport:
             timer.close()
 
     # -- reading ------------------------------------------------------------
+    # The bytes come from the socket here; what they mean is decided by the
+    # pure functions of frames.py.
 
     def _read_exact(self, n):
         data = self._reader.read(n)
@@ -422,21 +336,12 @@ class Transport:
         return data
 
     def _read_header(self):
-        """Read a frame header up to (not including) the mask key.
-
-        Returns (first byte, masked, payload length).
-        """
+        """Read a frame's first two bytes: ``(fin, rsv, opcode, masked,
+        length_code)`` (:func:`~connnode.connection.frames.parse_header`)."""
         head = self._reader.read(2)
         if len(head) != 2:
             raise _EndOfStream()
-        b0 = head[0]
-        b1 = head[1]
-        length = b1 & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", self._read_exact(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self._read_exact(8))[0]
-        return b0, b1 & 0x80, length
+        return parse_header(head)
 
     def _next_frame(self, in_message, size):
         """Read one frame, checking everything before the payload is read.
@@ -444,33 +349,10 @@ class Transport:
         ``in_message``: a fragmented text message is open; ``size``: its
         bytes so far. Returns (opcode, fin, unmasked payload).
         """
-        b0, masked, length = self._read_header()
-        opcode = b0 & 0x0F
-        fin = b0 & 0x80
-        skip = length + (4 if masked else 0)
-        if b0 & 0x70:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set", skip)
-        if opcode >= 0x8:
-            if opcode > OP_PONG:
-                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "unknown control opcode", skip)
-            if not fin:
-                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "fragmented control frame", skip)
-            if length > _MAX_CONTROL_PAYLOAD:
-                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "control frame over 125 bytes", skip)
-        elif opcode == OP_TEXT:
-            if in_message:
-                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one", skip)
-        elif opcode == OP_CONTINUATION:
-            if not in_message:
-                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation without a message", skip)
-        elif opcode != OP_BINARY:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "reserved opcode", skip)
-        if not masked:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "unmasked client frame", skip)
-        if opcode == OP_BINARY:
-            raise ProtocolViolation(CLOSE_UNSUPPORTED_DATA, "binary messages are not accepted", skip)
-        if opcode < 0x8 and size + length > self._max_frame:
-            raise ProtocolViolation(CLOSE_TOO_BIG, "message over max_frame_bytes", skip)
+        fin, rsv, opcode, masked, length = self._read_header()
+        if length > 125:  # 126 or 127: the real length follows
+            length = parse_extended_length(self._read_exact(extended_length_size(length)))
+        check_frame(opcode, fin, rsv, masked, length, in_message, size, self._max_frame)
         mask = self._read_exact(4)
         payload = self._read_exact(length) if length else b""
         return opcode, fin, _unmask(payload, mask)
@@ -518,11 +400,12 @@ class Transport:
                 try:
                     return payload.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-        except ProtocolViolation as violation:
-            log.debug("closing the connection: %s", violation.reason)
+                    raise FrameViolation(Close.INVALID_UTF8)
+        except FrameViolation as violation:
+            # No local for the row: this frame stays alive for every idle client.
+            log.debug("closing the connection: %s", violation.row.reason)
             self._skip = violation.skip
-            self.close(violation.code, violation.reason)
+            self.close(violation.row.code, violation.row.reason)
         except (_EndOfStream, OSError, ValueError):
             # EOF, reset, or the socket was closed under us (abort()).
             self._flags |= _DEAD
@@ -531,23 +414,12 @@ class Transport:
     def _on_peer_close(self, payload):
         """The peer's close frame: answer it (echoing a valid code) and end."""
         self._flags |= _PEER_CLOSED
-        if not payload:
-            self.peer_close_code = 1005
-            self.close(CLOSE_NORMAL)
-            return
-        if len(payload) < 2:
-            self.close(CLOSE_PROTOCOL_ERROR, "invalid close frame")
-            return
-        code = self.peer_close_code = struct.unpack("!H", payload[:2])[0]
-        if not valid_close_code(code):
-            self.close(CLOSE_PROTOCOL_ERROR, "invalid close frame")
-            return
-        try:
-            payload[2:].decode("utf-8")
-        except UnicodeDecodeError:
-            self.close(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in the close reason")
-            return
-        self.close(code)
+        code, row = parse_close_payload(payload)
+        self.peer_close_code = code
+        if row is None:
+            self.close(code)  # the echo: the one close not in the table
+        else:
+            self.close(row.code, row.reason)
 
     def _discard(self, n):
         read = self._reader.read
@@ -567,15 +439,17 @@ class Transport:
             self._discard(self._skip)
             self._skip = 0
             while True:
-                b0, masked, length = self._read_header()
-                opcode = b0 & 0x0F
-                if opcode == OP_CLOSE and masked and length <= _MAX_CONTROL_PAYLOAD:
+                _fin, _rsv, opcode, masked, length = self._read_header()
+                if length > 125:
+                    length = parse_extended_length(self._read_exact(extended_length_size(length)))
+                if opcode == OP_CLOSE and masked and length <= MAX_CONTROL_PAYLOAD:
                     mask = self._read_exact(4)
                     payload = _unmask(self._read_exact(length), mask) if length else b""
                     self._flags |= _PEER_CLOSED
-                    self.peer_close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                    self.peer_close_code = (struct.unpack("!H", payload[:2])[0] if len(payload) >= 2
+                                            else NO_STATUS_CODE)
                     return
-                if opcode >= 0x8 and length > _MAX_CONTROL_PAYLOAD:
+                if opcode >= 0x8 and length > MAX_CONTROL_PAYLOAD:
                     return  # framing is not trustworthy; tear down now
                 self._discard(length + (4 if masked else 0))
         except (_EndOfStream, OSError, ValueError):
@@ -612,134 +486,6 @@ class Transport:
             self._ws.closed = True
 
 
-class SocketReader:
-    """Exact reads straight from the socket, for an upgraded connection.
-
-    pywsgi reads requests through an 8 KiB ``BufferedReader`` that would live
-    as long as the WebSocket: most of an idle client's memory. After the
-    upgrade the connection reads through this instead; only bytes the client
-    sent ahead (rare, at most ``RECV_CHUNK`` at a time) are kept between reads.
-    It also stands in for the handler's ``rfile`` so the buffer can be freed.
-    """
-
-    __slots__ = ("_sock", "_pending", "closed")
-    RECV_CHUNK = 2048
-
-    def __init__(self, sock, pending=b""):
-        # The socket, not its bound ``recv``: a bound method per connection
-        # costs memory; the attribute lookup at call time costs nothing much.
-        self._sock = sock
-        self._pending = pending
-        self.closed = False
-
-    def read(self, n):
-        data = self._pending
-        if len(data) >= n:
-            self._pending = data[n:]
-            return data[:n]
-        self._pending = b""
-        # No list of parts until a second chunk is needed: an idle
-        # connection waits in the first recv, and whatever this frame holds
-        # meanwhile is held per client.
-        parts = None
-        have = len(data)
-        while have < n:
-            try:
-                chunk = self._sock.recv(max(n - have, self.RECV_CHUNK))
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            have += len(chunk)
-            if not data:
-                data = chunk
-            else:
-                if parts is None:
-                    parts = [data]
-                parts.append(chunk)
-        if parts is not None:
-            data = b"".join(parts)
-        if have > n:
-            self._pending = data[n:]
-            data = data[:n]
-        return data
-
-    def close(self):
-        self.closed = True
-
-
-class _NoHeaders(dict):
-    """Stands in for a finished request's parsed headers."""
-
-    def get(self, key, default=None):
-        return default
-
-
-_NO_HEADERS = _NoHeaders()
-
-
-class _FinishedInput:
-    """Stands in for the upgrade request's ``wsgi.input``. pywsgi only calls
-    its ``_discard()`` once the connection ends, and an upgrade has no body
-    to discard (the bytes after the headers are WebSocket frames)."""
-
-    __slots__ = ()
-
-    def _discard(self):
-        pass
-
-
-_FINISHED_INPUT = _FinishedInput()
-_SWITCHING_PROTOCOLS = "101 Switching Protocols"
-_SWITCHING_PROTOCOLS_BYTES = _SWITCHING_PROTOCOLS.encode("latin-1")
-
-
-def _release_http_state(ws):
-    """Swap the handler's buffered reader for a :class:`SocketReader` (taking
-    over any bytes it already buffered) and empty the request's environ; the
-    session has read what it needs from it. Saves about 10 KB per client."""
-    handler = ws.handler
-    sock = handler.socket
-    rfile = handler.rfile
-    timeout = sock.gettimeout()
-    sock.settimeout(0)
-    try:
-        ahead = rfile.peek() if hasattr(rfile, "peek") else b""
-    except OSError:
-        ahead = b""
-    finally:
-        sock.settimeout(timeout)
-    reader = SocketReader(sock, bytes(ahead or b""))
-    handler.rfile = reader
-    handler.wsgi_input = _FINISHED_INPUT
-    # gevent-websocket's frame code is never used (see the module docstring):
-    # drop its stream, the bound methods it keeps and its UTF-8 validator, as
-    # its own WebSocket.close() does. Memory: about 0.3 KB per client. The
-    # Transport reads through ``reader`` (``handler.rfile``) and writes to
-    # ``handler.socket``.
-    ws.stream = ws.raw_read = ws.raw_write = None
-    ws.utf8validator = None
-    if ws.environ is not None:
-        ws.environ.clear()
-    handler.headers = _NO_HEADERS  # the parsed request headers
-    # The response is sent: pywsgi touches its headers no more.
-    handler.response_headers = ()
-    # What pywsgi's request log reads at the end (request line, status) stays,
-    # as values shared by all connections rather than copies per client.
-    if handler._orig_status == _SWITCHING_PROTOCOLS:
-        handler._orig_status = _SWITCHING_PROTOCOLS
-        handler.status = _SWITCHING_PROTOCOLS_BYTES
-    handler.requestline = _shared(handler.requestline)
-    handler.command = _shared(handler.command)
-    handler.request_version = _shared(handler.request_version)
-    return reader
-
-
-def _shared(value):
-    """An equal string shared with every other connection (``sys.intern``)."""
-    return sys.intern(value) if type(value) is str else value
-
-
 def serve_connection(ws, session_factory, settings, close_safety: float | None = None):
     """Run one WebSocket to its end.
 
@@ -756,7 +502,7 @@ def serve_connection(ws, session_factory, settings, close_safety: float | None =
     is already complete (or TCP is gone) when reading ends, the socket is
     torn down before ``on_closed`` runs rather than after it.
     """
-    reader = _release_http_state(ws)
+    reader = release_http_state(ws)
     transport = Transport(
         ws, settings.max_frame_bytes, settings.send_high_water,
         close_handshake_timeout=settings.close_handshake_timeout,
@@ -777,11 +523,11 @@ def serve_connection(ws, session_factory, settings, close_safety: float | None =
             del text  # not kept alive while this greenlet waits, idle, for the next
     except Exception:
         log.exception("unexpected error while serving a WebSocket; closing with 1011")
-        transport.close(CLOSE_INTERNAL_ERROR, "internal error")
+        transport.close(Close.INTERNAL_ERROR.code, Close.INTERNAL_ERROR.reason)
     except BaseException:
         # Killed (GreenletExit on worker shutdown): say goodbye, do not linger.
         wait = False
-        transport.close(CLOSE_GOING_AWAY, "shutting down")
+        transport.close(Close.SHUTTING_DOWN.code, Close.SHUTTING_DOWN.reason)
         raise
     finally:
         try:
@@ -796,166 +542,3 @@ def serve_connection(ws, session_factory, settings, close_safety: float | None =
                     log.exception("session.on_closed failed")
         finally:
             transport.finish(wait)
-
-
-# -- the HTTP side -----------------------------------------------------------
-
-_open_websockets = 0
-
-
-def open_websockets() -> int:
-    """WebSockets currently open in this process through ConnectionHandler."""
-    return _open_websockets
-
-
-def _ignore_start_response(status, headers, exc_info=None):
-    return lambda data: None
-
-
-class ConnectionHandler(WebSocketHandler):
-    """The connection node's gevent-websocket handler (``worker.wsgi_handler``).
-
-    Class attributes are set once per worker at start-up.
-    """
-
-    #: WebSockets per process; 0 = unlimited. Above it, upgrades get a 503.
-    max_connections = 0
-    #: Seconds for the request line and headers to arrive (0 disables).
-    open_handshake_timeout = 5.0
-    #: Number of open WebSockets in this process (e.g. :func:`open_websockets`).
-    current_connections = staticmethod(lambda: 0)
-    #: False once the worker is shutting down: upgrades then get a 503.
-    accepting = staticmethod(lambda: True)
-
-    _handshake_deadline = None
-
-    # Opening-handshake deadline: one timer from the first byte we wait for
-    # to the end of the headers, not a per-recv timeout.
-
-    def read_requestline(self):
-        timeout = self.open_handshake_timeout
-        if timeout and timeout > 0:
-            self._handshake_deadline = Timeout.start_new(timeout, HandshakeTimeout)
-        return super().read_requestline()
-
-    def read_request(self, raw_requestline):
-        try:
-            return super().read_request(raw_requestline)
-        finally:
-            self._cancel_handshake_deadline()
-
-    def handle_one_request(self):
-        try:
-            return super().handle_one_request()
-        finally:
-            self._cancel_handshake_deadline()
-
-    def _cancel_handshake_deadline(self):
-        deadline = self._handshake_deadline
-        if deadline is not None:
-            self._handshake_deadline = None
-            deadline.close()
-
-    def _handle_client_error(self, ex):
-        if isinstance(ex, HandshakeTimeout):
-            # Slow client: drop the connection without an answer.
-            return None
-        return super()._handle_client_error(ex)
-
-    # Upgrade.
-
-    def _is_upgrade_request(self):
-        environ = self.environ
-        return (environ.get("REQUEST_METHOD") == "GET"
-                and environ.get("HTTP_UPGRADE", "").lower() == "websocket")
-
-    def upgrade_websocket(self):
-        handler = type(self)
-        if self._is_upgrade_request():
-            refusal = None
-            if not handler.accepting():
-                refusal = b"Shutting down"
-            elif handler.max_connections and handler.max_connections > 0 \
-                    and handler.current_connections() >= handler.max_connections:
-                refusal = b"Too many connections"
-            if refusal:
-                self.start_response("503 Service Unavailable", [
-                    ("Content-Type", "text/plain"), ("Connection", "close")])
-                return [refusal]
-        result = super().upgrade_websocket()
-        if result:
-            # gevent-websocket answers its errors with str bodies.
-            result = [part.encode("utf-8") if isinstance(part, str) else part for part in result]
-        return result
-
-    def upgrade_connection(self):
-        key = self.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
-        if key:
-            try:
-                base64.b64decode(key, validate=True)
-            except (binascii.Error, ValueError):
-                self.start_response("400 Bad Request", [("Content-Type", "text/plain")])
-                return [b"Invalid Sec-WebSocket-Key"]
-        offered = self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
-        if offered is None:
-            return super().upgrade_connection()
-        app_protocol = getattr(self.application, "app_protocol", None)
-        allowed = app_protocol(self.environ.get("PATH_INFO", "")) if app_protocol else None
-        tokens = [token.strip() for token in offered.split(",")]
-        if allowed and allowed in tokens:
-            return super().upgrade_connection()
-        # gevent-websocket matches by substring; hide the offer from it so
-        # that nothing is selected unless the exact token was offered.
-        self.environ["HTTP_SEC_WEBSOCKET_PROTOCOL"] = ""
-        try:
-            return super().upgrade_connection()
-        finally:
-            self.environ["HTTP_SEC_WEBSOCKET_PROTOCOL"] = offered
-
-    def run_websocket(self):
-        """Run the app for an upgraded connection: its ``serve_websocket(environ)``
-        if it has one, else the WSGI app with ``environ["wsgi.websocket"]``.
-
-        Replaces gevent-websocket's version, which keeps a ``Client`` object
-        per connection in ``server.clients`` and, on the way out, sends its
-        own close frame without a status code.
-        """
-        global _open_websockets
-        if getattr(self, "prevent_wsgi_call", False):
-            return
-        ws = self.websocket
-        _open_websockets += 1
-        try:
-            app = self.application
-            if getattr(app, "serve_websocket", None) is not None:
-                # A plain method call, for memory: calling an object with
-                # ``__call__`` goes through C (tp_call) and adds an
-                # interpreter frame to the C stack that greenlet saves for
-                # every idle connection blocked below this point. Called as
-                # ``app.serve_websocket(...)``, not through a local: no bound
-                # method object stays alive in this frame (64 bytes a client).
-                app.serve_websocket(self.environ)
-            else:
-                self._run_wsgi_websocket()
-        finally:
-            _open_websockets -= 1
-            if not ws.closed:
-                # The app returned without serve_connection: close properly.
-                try:
-                    self.socket.sendall(close_frame(CLOSE_NORMAL))
-                except OSError:
-                    pass
-                ws.closed = True
-            self.environ["wsgi.websocket"] = None
-            self.websocket = None
-
-    def _run_wsgi_websocket(self):
-        """Hand an upgraded connection to a plain WSGI app."""
-        result = self.application(self.environ, _ignore_start_response)
-        try:
-            for _ in result:
-                pass
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
