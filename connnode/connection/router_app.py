@@ -31,9 +31,9 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from connnode.notification import Notification
+from connnode.protocol import is_uaid
 from connnode.status import NoSessions, status_routes
 
-_is_uaid = re.compile(r"[0-9a-f]{32}").fullmatch
 _is_decimal = re.compile(r"[0-9]{1,20}").fullmatch
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -87,7 +87,7 @@ class RouterApp:
 
     def push(self, uaid, environ):
         """PROTOCOL.md 3.2: (status, body)."""
-        if not _is_uaid(uaid):
+        if not is_uaid(uaid):
             return 404, NOT_CONNECTED
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -130,14 +130,14 @@ def create_router_app(node):
         return TextResponse(body, status)
 
     def check(uaid):
-        session = node.registry.get(uaid) if _is_uaid(uaid) else None
+        session = node.registry.get(uaid) if is_uaid(uaid) else None
         if session is None:
             return text(NOT_CONNECTED, 404)
         status = 200 if session.request_check() == 200 else 202
         return text(CHECK_BODIES[status], status)
 
     def terminate(uaid, connected_at):
-        if not (_is_uaid(uaid) and _is_decimal(connected_at)):
+        if not (is_uaid(uaid) and _is_decimal(connected_at)):
             return text(NOT_CONNECTED, 404)
         session = node.registry.get(uaid)
         if session is None or session.connected_at != int(connected_at):
