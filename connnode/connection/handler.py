@@ -49,6 +49,18 @@ _SHUTTING_DOWN = ("503 Service Unavailable", (), "Shutting down")
 _TOO_MANY = ("503 Service Unavailable", (), "Too many connections")
 
 
+_BAD_REQUEST_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                       b"Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nBad Request")
+_MAX_LOGGED_REASON = 200
+
+
+def _printable(text):
+    """Client-supplied text fit for one log line: control and non-ASCII
+    characters escaped, at most ``_MAX_LOGGED_REASON`` characters."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")[:_MAX_LOGGED_REASON].translate(
+        {code: f"\\x{code:02x}" for code in range(32)})
+
+
 def _is_handshake(environ):
     """Whether a GET means to open a WebSocket: it names the websocket
     upgrade or carries a WebSocket handshake header."""
@@ -137,10 +149,26 @@ class ConnectionHandler(WebSocketHandler):
             deadline.close()
 
     def _handle_client_error(self, ex):
+        """A request pywsgi could not parse (bad request line or version,
+        more than 100 headers...): 400 and one INFO line. gevent prints a
+        traceback for anything but a ValueError (an IndexError for
+        ``GET / HTTP/1``, an HTTPException for too many headers)."""
         if isinstance(ex, HandshakeTimeout):
             # Slow client: drop the connection without an answer.
             return None
-        return super()._handle_client_error(ex)
+        log.info("bad HTTP request", extra={"fields": {
+            "status": 400, "reason": _printable(f"{type(ex).__name__}: {ex}")}})
+        return "400", _BAD_REQUEST_ANSWER
+
+    def log_error(self, msg, *args):
+        """pywsgi's complaints about client input ("Invalid http version",
+        "Invalid HTTP method"...), as one JSON line at INFO with the
+        client's bytes escaped, instead of plain text on the error log."""
+        try:
+            message = msg % args if args else msg
+        except (TypeError, ValueError):
+            message = f"{msg!r} {args!r}"
+        log.info("bad HTTP request", extra={"fields": {"reason": _printable(message)}})
 
     # Upgrade.
 
@@ -155,6 +183,9 @@ class ConnectionHandler(WebSocketHandler):
         if environ.get("REQUEST_METHOD") != "GET" or not _is_handshake(environ):
             return None  # a plain HTTP request: the app answers it
         refusal = _handshake_refusal(environ, self.request_version)
+        if refusal is None and getattr(self.headers, "defects", None):
+            # A header line without a colon: the parser stopped there.
+            refusal = _BAD_REQUEST, (), "Malformed header"
         if refusal is None:
             handler = type(self)
             if not handler.accepting():

@@ -170,3 +170,35 @@ def test_malformed_handshake_gets_a_plain_status_and_one_info_line(server, caplo
     assert len(refusals) == 1 and refusals[0].levelname == "INFO"
     assert refusals[0].fields == {"status": status, "reason": reason.decode()}
     assert not [r for r in caplog.records if r.levelno > 20 or r.exc_info]
+
+
+def raw_request(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    + b"".join(b"X-H%d: v\r\n" % n for n in range(2000)) + b"\r\n",
+])
+def test_unparseable_requests_get_400_and_one_json_friendly_line(server, caplog, capfd, data):
+    caplog.set_level("DEBUG")
+    answer = raw_request(server.port, data)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert "Traceback" not in capfd.readouterr().err
+    lines = [r for r in caplog.records if r.getMessage() == "bad HTTP request"]
+    assert len(lines) == 1 and lines[0].levelname == "INFO"
+    assert lines[0].fields["reason"].isascii() and len(lines[0].fields["reason"]) <= 200
+
+
+def test_a_header_line_without_colon_refuses_the_upgrade(server):
+    lines = ["GET / HTTP/1.1"] + [f"{name}: {value}" for name, value in GOOD.items()]
+    data = ("\r\n".join(lines) + "\r\nNoColonHere\r\n\r\n").encode()
+    assert raw_request(server.port, data).startswith(b"HTTP/1.1 400")
