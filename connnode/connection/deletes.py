@@ -4,8 +4,10 @@ With ``durable_direct`` on, the endpoint stores every message with TTL > 0
 before its 201 and then hands it to the holder; the connection node deletes
 the stored copy once the client acks it. Every ack of a direct message thus
 costs one delete. ``AckedDeletes`` gathers the deletes that arrive within
-one turn of the event loop, from every connection of the worker, and sends
-them as BatchWriteItems of up to 25 keys per table.
+``FLUSH_DELAY`` (50 ms), from every connection of the worker, and sends
+them as BatchWriteItems of up to 25 keys per table: at 200 acks/s that is
+~20 calls/s instead of 200 (a botocore call costs ~1 ms of CPU here;
+gathering only one loop turn's deletes sent one call per ack).
 
 An ack must never be lost: a batch is retried (unprocessed keys and storage
 errors alike, with backoff) until every key is gone, and its greenlet is
@@ -28,6 +30,10 @@ from connnode.db.dynamo import StorageError
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 25  # BatchWriteItem's limit
+#: Seconds a delete waits for others to share its BatchWriteItem. The
+#: barrier holds a reconnect of the uaid meanwhile, so nobody sees the
+#: message again because of the wait.
+FLUSH_DELAY = 0.05
 
 
 class AckedDeletes:
@@ -44,9 +50,8 @@ class AckedDeletes:
         self._queued.setdefault(table_name, []).append((uaid, sort_key))
         flush = self._flush
         if flush is None:
-            # Runs once the current greenlet yields: every delete queued
-            # before then goes in the same batches.
-            flush = self._flush = gevent.spawn(self._send_queued)
+            # Every delete queued until it runs goes in the same batches.
+            flush = self._flush = gevent.spawn_later(FLUSH_DELAY, self._send_queued)
         return self._pending.register(uaid, flush)
 
     def _send_queued(self):
