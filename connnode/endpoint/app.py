@@ -41,7 +41,10 @@ Decisions where PROTOCOL.md is silent:
 import logging
 import time
 
+from http import HTTPStatus
+
 from flask import Flask, request
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import HTTPException
 
 from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
@@ -104,11 +107,14 @@ class WebPushAPI:
         self.delivery = Delivery(storage, node_client, metrics, settings.durable_direct)
 
     # -- POST /wpush (4.6) -------------------------------------------------
-    def post(self, rest):
+    def post(self, rest, request):
+        """``request``: ``headers`` (case-insensitive ``get``, ``items``),
+        ``content_length`` (int or None) and ``stream`` (the body): Flask's
+        request, or ``WsgiRequest`` on the fast path."""
         start = time.monotonic()
         state = _Request()
         try:
-            notification, destination = self._post(rest, state)
+            notification, destination = self._post(rest, state, request)
         except EndpointError as exc:
             self._count_error(exc.status, state)
             return exc.response()
@@ -129,7 +135,7 @@ class WebPushAPI:
         self.metrics.increment("notification.message.error", tags={
             "code": status, "router": "webpush", "vapid": str(state.vapid)})
 
-    def _post(self, rest, state):
+    def _post(self, rest, state, request):
         # 1. route and API version
         parts = rest.split("/")
         if len(parts) == 1:
@@ -147,7 +153,7 @@ class WebPushAPI:
         # 3. and 4. Authorization, VAPID
         self._check_vapid(headers, key_bound, key_digest, state)
         # 5. body size
-        body = self._read_body()
+        body = self._read_body(request)
         # 6.-8. message headers
         ttl = parse_ttl(headers.get("TTL"), self.max_ttl)
         topic = parse_topic(headers.get("Topic"))
@@ -178,7 +184,7 @@ class WebPushAPI:
                                else "updates.vapid.draft01")
         state.vapid = True
 
-    def _read_body(self):
+    def _read_body(self, request):
         limit = self.max_data_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -258,7 +264,7 @@ def create_endpoint_app(storage, metrics, node_client, settings):
     def push(rest):
         if request.method == "OPTIONS":
             return options_response()
-        return respond(api.post(rest))
+        return respond(api.post(rest, request))
 
     def delete_message(message_id):
         if request.method == "OPTIONS":
@@ -271,24 +277,13 @@ def create_endpoint_app(storage, metrics, node_client, settings):
                      methods=["DELETE", "OPTIONS"], provide_automatic_options=False)
     status_routes(app, storage.health)
 
-    sts = (f"max-age={settings.sts_max_age};includeSubDomains"
-           if settings.sts_max_age > 0 else None)
-    cors = settings.cors
+    common = CommonHeaders(settings)
 
     @app.after_request
     def common_headers(response):
         headers = response.headers
-        if sts:
-            headers["Strict-Transport-Security"] = sts
-        if cors:
-            headers["Access-Control-Allow-Origin"] = "*"
-            path = request.path
-            if path.startswith("/wpush/"):
-                headers["Access-Control-Allow-Methods"] = "POST"
-            elif path.startswith("/m/"):
-                headers["Access-Control-Allow-Methods"] = "DELETE"
-            headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-            headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        for name, value in common.for_path(request.path):
+            headers[name] = value
         return response
 
     @app.errorhandler(HTTPException)
@@ -304,4 +299,86 @@ def create_endpoint_app(storage, metrics, node_client, settings):
         log.exception("unexpected error in %s %s", request.method, request.path)
         return respond(error_response(500, 999))
 
-    return app
+    return EndpointApp(api, app, common)
+
+
+class CommonHeaders:
+    """The headers of 4.2 on every response: STS when ``sts_max_age`` > 0;
+    with ``cors``, Allow-Origin, the path's method (POST on /wpush/...,
+    DELETE on /m/...), Allow-Headers and Expose-Headers."""
+
+    def __init__(self, settings):
+        base = []
+        if settings.sts_max_age > 0:
+            base.append(("Strict-Transport-Security",
+                         f"max-age={settings.sts_max_age};includeSubDomains"))
+        self.cors = settings.cors
+        if self.cors:
+            base.append(("Access-Control-Allow-Origin", "*"))
+        tail = [("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)] if self.cors else []
+        method = [("Access-Control-Allow-Methods", "POST")] if self.cors else []
+        self.push = tuple(base + method + tail)
+        self.delete = tuple(base + [(n, "DELETE") for n, _ in method] + tail)
+        self.other = tuple(base + tail)
+
+    def for_path(self, path):
+        if path.startswith("/wpush/"):
+            return self.push
+        if path.startswith("/m/"):
+            return self.delete
+        return self.other
+
+
+class WsgiRequest:
+    """The three things POST /wpush reads of a request, straight from the
+    WSGI environ (the fast path's stand-in for Flask's request)."""
+
+    __slots__ = ("headers", "content_length", "stream")
+
+    def __init__(self, environ):
+        self.headers = EnvironHeaders(environ)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            length = None
+        self.content_length = length if length is None or length >= 0 else None
+        self.stream = environ["wsgi.input"]
+
+
+def _status_line(status):
+    return f"{status} {HTTPStatus(status).phrase}"
+
+
+class EndpointApp:
+    """The endpoint's WSGI entry point. ``POST /wpush/...``, the hot path, is
+    answered here without Flask (its request context, routing, Response
+    objects and hooks cost a large share of a message's CPU); every other
+    request goes to the Flask app, which also answers odd /wpush paths
+    (empty, or holding "//") exactly as before."""
+
+    def __init__(self, api, flask_app, common):
+        self.api = api
+        self.flask = flask_app
+        self.common = common.push
+        self._status_lines = {}
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "POST" or not path.startswith("/wpush/") \
+                or len(path) == 7 or "//" in path:
+            return self.flask(environ, start_response)
+        status, headers, body = self.api.post(path[7:], WsgiRequest(environ))
+        payload = b"" if body is None else compact_json(body).encode()
+        header_list = list(headers.items())
+        header_list.append(("Content-Length", str(len(payload))))
+        header_list.extend(self.common)
+        line = self._status_lines.get(status)
+        if line is None:
+            line = self._status_lines[status] = _status_line(status)
+        start_response(line, header_list)
+        return [payload]
+
+    def test_client(self):
+        from werkzeug.test import Client
+        return Client(self, self.flask.response_class)

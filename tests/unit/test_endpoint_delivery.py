@@ -519,3 +519,39 @@ def test_app_delete_storage_errors_are_503(error, errno):
     response = client.delete(f"/m/{message_id}")
     assert_error_body(response, 503, errno)
     assert response.headers["Retry-After"] == "120"
+
+
+@pytest.mark.parametrize("body, headers, push", [
+    (b"hello", {}, 200),                          # 201 direct
+    (b"hello", {"TTL": "abc"}, 200),              # 400/112
+    (b"x" * 6000, {}, 200),                       # 413/104
+    (b"hello", {"Content-Encoding": "gzip"}, 200),  # 400/110
+    (b"", {}, 404),                               # 201 stored, no body
+])
+def test_fast_path_answers_exactly_as_the_flask_route(body, headers, push):
+    """POST /wpush bypasses Flask: same status, headers (4.2 included) and
+    body as the Flask route gives for the same request."""
+    def answer(use_flask):
+        app = create_endpoint_app(FakeStorage(FakeRouter(record())), FakeMetrics(),
+                                  FakeNodeClient(push, 200), Settings(
+                                      endpoint_url=ENDPOINT_URL, crypto_key=TEST_CRYPTO_KEY,
+                                      statsd_host="", hostname="push.test"))
+        client = (app.flask if use_flask else app).test_client()
+        response = post(client, body=body, **headers)
+        location = response.headers.get("Location", "")
+        assert location == "" or location.startswith(ENDPOINT_URL + "/m/")
+        return (response.status_code, sorted((k, v) for k, v in response.headers.items()
+                                             if k != "Location"),
+                "Location" in response.headers, response.get_data())
+    assert answer(use_flask=False) == answer(use_flask=True)
+
+
+@pytest.mark.parametrize("path", ["/wpush/", "/wpush//v1/x", "/wpush/v1//x"])
+def test_odd_push_paths_still_go_through_flask(path):
+    app = create_endpoint_app(FakeStorage(FakeRouter(record())), FakeMetrics(),
+                              FakeNodeClient(200, 200), Settings(
+                                  endpoint_url=ENDPOINT_URL, crypto_key=TEST_CRYPTO_KEY,
+                                  statsd_host="", hostname="push.test"))
+    fast = app.test_client().post(path, data=b"x")
+    flask = app.flask.test_client().post(path, data=b"x")
+    assert (fast.status_code, fast.get_data()) == (flask.status_code, flask.get_data())
