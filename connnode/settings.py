@@ -94,6 +94,10 @@ OPTIONS = {
     # ours: the endpoint node's bound on one DynamoDB call, retries included;
     # past it the POST answers 503 (a hung store must not hold publishers)
     "ddb_call_timeout": (_seconds, 3.0),
+    # ours: the hot item calls (GetItem, BatchGetItem, PutItem, UpdateItem,
+    # Query, DeleteItem, BatchWriteItem) skip botocore's per-call machinery
+    # (connnode/db/lean.py); false sends every call through boto3
+    "ddb_lean_calls": (_parse_bool, True),
     # 9.2 connection node
     "port": (_port, 8080),
     "router_hostname": (_str, None),

@@ -42,10 +42,14 @@ def settings(dynalite):
     return make_settings(dynalite)
 
 
-@pytest.fixture
-def storage(settings):
+@pytest.fixture(params=[True, False], ids=["lean", "boto3"])
+def storage(request, settings):
+    """A Storage on fresh tables, once per DynamoDB request path: the lean
+    one (connnode/db/lean.py) and boto3 for every call."""
     from connnode.db.storage import Storage
 
+    settings.ddb_lean_calls = request.param
     store = Storage(settings)
+    assert (store.dynamo.lean is not None) is request.param
     store.create_tables()
     return store

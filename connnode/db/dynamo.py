@@ -100,8 +100,16 @@ class Dynamo:
     greenlet's stack is freed when it ends. Costs ~13 us per call.
     """
 
-    def __init__(self, client, own_greenlet=False, call_timeout=0.0, concurrency=0):
+    def __init__(self, client, own_greenlet=False, call_timeout=0.0, concurrency=0, lean=False):
         self.client = client
+        #: ``lean``: True (or a ``LeanClient``) sends the hot item operations
+        #: (``lean.OPERATIONS``) over connnode/db/lean.py's lean request path;
+        #: boto3 keeps every other operation, and all of them when the
+        #: client's set-up is one the lean path does not cover.
+        self.lean = None
+        self._lean_calls = {}
+        if lean:
+            self._use_lean(lean)
         self.own_greenlet = own_greenlet
         #: Seconds a call may take, its wait for a turn and botocore's
         #: retries included (0: botocore's own timeouts only, which add up
@@ -112,6 +120,18 @@ class Dynamo:
         #: connection instead of opening extra ones that urllib3 throws away
         #: after one use ("Connection pool is full, discarding connection").
         self._turns = BoundedSemaphore(concurrency) if concurrency else None
+
+    def _use_lean(self, lean):
+        from connnode.db.lean import OPERATIONS, LeanClient, LeanUnavailable
+
+        if not isinstance(lean, LeanClient):
+            try:
+                lean = LeanClient(self.client)
+            except LeanUnavailable as exc:
+                log.warning("DynamoDB calls stay on boto3: %s", exc)
+                return
+        self.lean = lean
+        self._lean_calls = {name: getattr(lean, name) for name in OPERATIONS}
 
     def call(self, operation, **kwargs):
         if not self.call_timeout:
@@ -143,7 +163,8 @@ class Dynamo:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self.client, operation)(**kwargs)
+            method = self._lean_calls.get(operation) or getattr(self.client, operation)
+            return method(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in THROUGHPUT_CODES:

@@ -26,7 +26,8 @@ class Storage:
         self.settings = settings
         self.dynamo = dynamo or Dynamo(make_client(settings), own_greenlet=own_greenlet,
                                        call_timeout=call_timeout,
-                                       concurrency=settings.ddb_max_pool_connections)
+                                       concurrency=settings.ddb_max_pool_connections,
+                                       lean=settings.ddb_lean_calls)
         self._health_dynamo = dynamo  # an injected double answers health too
         self.crypto = crypto or TokenCrypto(settings.crypto_keys)
         self.router = RouterTable(self.dynamo, settings.router_tablename,
