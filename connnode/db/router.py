@@ -53,7 +53,13 @@ class RouterTable:
 
     def register_user(self, record):
         """Conditional write of a hello (6.4). Returns (True, old attributes or
-        {}) or (False, {}) when a newer connection already owns the record."""
+        {}) or (False, {}) when a newer connection already owns the record.
+
+        Idempotent: a retry (botocore's, after a read timeout) of a write
+        whose first attempt succeeded fails its own condition (connected_at
+        is now equal); the record then names this very connection (same
+        node_id and connected_at), which is success. The old attributes of
+        that first attempt are lost: (True, {})."""
         attributes = {name: value for name, value in record.items() if name != "uaid"}
         if "router_type" not in attributes or "connected_at" not in attributes:
             raise ValueError("register_user needs router_type and connected_at")
@@ -69,6 +75,10 @@ class RouterTable:
                 ExpressionAttributeNames=names, ExpressionAttributeValues=values,
                 ReturnValues="ALL_OLD")
         except ConditionFailed:
+            current = self.get_uaid(record["uaid"])
+            if current and current.get("node_id") == record.get("node_id") \
+                    and current.get("connected_at") == record["connected_at"]:
+                return True, {}
             return False, {}
         old = from_item(result.get("Attributes", {}))
         if old:

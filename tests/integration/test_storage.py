@@ -76,6 +76,17 @@ def test_register_user_new_then_newer_then_older(storage):
     assert router_item(storage, uaid)["connected_at"] == 2000
 
 
+def test_register_user_recognises_its_own_earlier_success(storage):
+    """The same write again (a retry after a timeout whose first attempt
+    landed) is success, not already_connected; another node's write of the
+    same connected_at is still refused."""
+    uaid = new_uaid()
+    assert storage.router.register_user(record(uaid, 1000)) == (True, {})
+    assert storage.router.register_user(record(uaid, 1000)) == (True, {})
+    assert storage.router.register_user(record(uaid, 1000, node_id="http://n2:8100")) == (False, {})
+    assert router_item(storage, uaid)["node_id"] == "http://127.0.0.1:8100"
+
+
 def test_register_user_after_clear_node_accepts_older_connection(storage):
     uaid = new_uaid()
     storage.router.register_user(record(uaid, 5000))
