@@ -61,6 +61,41 @@ def pick_port():
     return free_port_block(1)
 
 
+def _stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name, or None."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(pid):
+    """Whether ``pid`` runs (a zombie is gone for our purposes)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def child_pids(pid):
+    """The live direct children of ``pid`` (from /proc), sorted."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def descendant_pids(pid):
+    """Every live process below ``pid``."""
+    found, queue = [], [pid]
+    while queue:
+        for child in child_pids(queue.pop()):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def wait_http(url, timeout=START_TIMEOUT, process=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from connnode.embedded import wait_for_port
-from tests.harness import ROOT, pick_port
+from tests.harness import ROOT, alive, pick_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,17 +59,9 @@ def test_dynalite_dies_with_its_parent(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(child):
+        while alive(child):
             assert time.monotonic() < deadline, "dynalite outlived its parent"
             time.sleep(0.05)
     finally:
         parent.kill()
         parent.wait()
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

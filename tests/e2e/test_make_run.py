@@ -5,46 +5,16 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from py_vapid import Vapid02
 
-from tests.harness import (ROOT, PushClient, application_server_key, browser_keys, decrypt,
-                           free_port_block, pick_port, send_webpush, wait_http)
+from tests.harness import (ROOT, PushClient, alive, application_server_key, browser_keys,
+                           decrypt, descendant_pids, free_port_block, pick_port, send_webpush,
+                           wait_http)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def descendants(pid):
-    """Every process below ``pid`` (from /proc)."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_make_run_serves_and_stops_cleanly(tmp_path):
@@ -84,7 +54,7 @@ def test_make_run_serves_and_stops_cleanly(tmp_path):
         browser.close()
 
         supervisord = int(pid_file.read_text())
-        service = [supervisord] + descendants(supervisord)
+        service = [supervisord] + descendant_pids(supervisord)
         assert len(service) >= 5  # dynalite, two gunicorn masters and their workers
         os.kill(supervisord, signal.SIGTERM)
         deadline = time.monotonic() + 30
@@ -97,7 +67,7 @@ def test_make_run_serves_and_stops_cleanly(tmp_path):
     finally:
         if make.poll() is None:
             if pid_file.exists():
-                for pid in [int(pid_file.read_text())] + descendants(int(pid_file.read_text())):
+                for pid in [int(pid_file.read_text())] + descendant_pids(int(pid_file.read_text())):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:

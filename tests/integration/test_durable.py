@@ -7,32 +7,17 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 import websocket
 
-from tests.harness import PushClient
+from tests.harness import PushClient, child_pids
 from tests.integration.test_endpoint import Service, post
 
 pytestmark = pytest.mark.timeout(180)
 
 WAIT = 10.0
-
-
-def workers_of(master_pid):
-    """PIDs of a gunicorn master's worker processes (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master_pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 def wait_for(predicate, timeout=WAIT, what="condition"):
@@ -99,11 +84,11 @@ def sigkill_with_unacked(svc, count):
         assert response.status_code == 201, response.text
         frame = made.recv()
         accepted[made.uaid] = frame["version"]
-    (worker,) = workers_of(svc.cn.process.pid)
+    (worker,) = child_pids(svc.cn.process.pid)
     os.kill(worker, signal.SIGKILL)
     for made, _ in clients:
         made.close()
-    wait_for(lambda: workers_of(svc.cn.process.pid) not in ([], [worker]),
+    wait_for(lambda: child_pids(svc.cn.process.pid) not in ([], [worker]),
              what="a respawned worker")
     delivered = {}
     for uaid in accepted:

@@ -17,56 +17,9 @@ from connnode.db.dynamo import ThroughputError
 from connnode.db.storage import Storage
 from connnode.notification import Notification
 from tests.conftest import make_settings
+from tests.fakes import FakeTransport, RecordingMetrics
 
 WAIT = 5.0
-
-
-class FakeTransport:
-    def __init__(self):
-        self.sent = []
-        self.close_code = None
-        self.busy = False
-        self.pings = 0
-        self.pong_received_since_ping = True
-        self.aborted = False
-
-    @property
-    def closing(self):
-        return self.close_code is not None or self.aborted
-
-    def send(self, text):
-        if self.closing:
-            return False
-        self.sent.append(json.loads(text))
-        return True
-
-    def ping(self):
-        self.pings += 1
-        return True
-
-    def close(self, code, reason=""):
-        if self.close_code is None:
-            self.close_code = code
-
-    def abort(self):
-        self.aborted = True
-
-    def frames(self, message_type=None):
-        return [f for f in self.sent if message_type is None or f.get("messageType") == message_type]
-
-
-class RecordingMetrics:
-    def __init__(self):
-        self.calls = []
-
-    def increment(self, name, count=1, tags=None):
-        self.calls.append((name, count, tags))
-
-    def timing(self, name, seconds, tags=None):
-        self.calls.append((name, seconds, tags))
-
-    def names(self):
-        return [name for name, _, _ in self.calls]
 
 
 class FakeNodeClient:

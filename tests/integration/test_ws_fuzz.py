@@ -28,7 +28,7 @@ from gevent.pool import Pool
 
 from connnode.db.storage import Storage
 from tests.conftest import make_settings
-from tests.harness import ConnectionNode, PushClient, push_body
+from tests.harness import ConnectionNode, PushClient, alive, child_pids, push_body
 from tests.wsfuzz.frames import MAX_FRAME_BYTES
 from tests.wsfuzz.runner import fuzz_connection, plan
 from tests.wsfuzz.wire import check_handshakes
@@ -50,29 +50,6 @@ ALLOWED_CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1009, 1011, 4774}
 
 
 # -- processes and logs ----------------------------------------------------------------------
-
-def children(pid):
-    """The direct children of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def alive(pid):
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
 
 def scan_log(path):
     """The node's log (its stdout and stderr) as ``(errors, tracebacks,
@@ -143,7 +120,7 @@ def describe_handshakes(found):
 def test_websocket_fuzz_leaves_node_healthy(fuzz_node):
     node, storage = fuzz_node
     master = node.process.pid
-    workers = children(master)
+    workers = child_pids(master)
     assert len(workers) == 1, workers
 
     connections = [c for c in plan(SEED, CONNECTIONS) if not ONLY or c[0] in ONLY]
@@ -233,7 +210,7 @@ def test_websocket_fuzz_leaves_node_healthy(fuzz_node):
         describe_handshakes(server_errors))
 
     assert alive(master), "the gunicorn master is gone"
-    assert children(master) == workers, f"workers {workers} became {children(master)}"
+    assert child_pids(master) == workers, f"workers {workers} became {child_pids(master)}"
     assert all(alive(pid) for pid in workers)
 
     assert not errors, "\n".join(errors[:20])
@@ -256,7 +233,7 @@ def test_websocket_fuzz_leaves_node_healthy(fuzz_node):
         assert client.recv() == {}
     finally:
         client.close()
-    assert children(master) == workers
+    assert child_pids(master) == workers
     assert scan_log(node.log_path) == ([], [], [])
 
     # Last, so that a deviation does not hide whether the node stayed healthy.
