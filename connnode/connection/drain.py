@@ -16,6 +16,11 @@ close); this module
 
 Storage writes that must survive the connection run through
 ``retry_forever`` under the pending-write barrier (``pending.py``).
+
+Durable delivery (README "Durable delivery"): a direct message that names
+``stored_in`` is in storage already. Its ack deletes it (``deletes.py``,
+batched), a drain never sends it a second time while it is outstanding
+(it joins the batch instead), and nothing saves it again at close.
 """
 import logging
 import random
