@@ -392,6 +392,17 @@ def med_cpu(samples, system, rate, name):
                    if str(rate) in s["levels"]])
 
 
+def cpu_per_message(samples, system, worker, rate=None):
+    """Median over the repeats of ``worker``'s CPU microseconds per answered
+    message at ``rate``, or at each repeat's highest sustained rate."""
+    values = []
+    for sample in samples[system]:
+        level = sample["levels"].get(str(rate if rate is not None else sample["max_sustained"]))
+        if level and level["ok_rate"]:
+            values.append(level["cpu"][worker] / 100.0 / level["ok_rate"] * 1e6)
+    return median(values)
+
+
 def info(metric, unit, value, baseline, target=None, met=None):
     """A table row; ``target`` is the issue's absolute figure, not a ratio."""
     if isinstance(value, tuple):
@@ -424,6 +435,16 @@ def result(samples, repeats, subscribe_s):
                         ("load", "load generator")):
         rows.append(info(f"{label} CPU, {RATE} msg/s", "% core", med_cpu(samples, "connnode", RATE, name),
                          med_cpu(samples, "baseline", RATE, name)))
+    # The performance issue's CPU ratio: the endpoint worker's CPU per
+    # accepted POST against the connection worker's CPU per PUT /push (the
+    # baseline side is the same node answering direct PUTs), at the common
+    # rate and at each side's highest sustained rate.
+    rows.append(info(f"CPU per message: EP per POST / CN per PUT, {RATE} msg/s", "us",
+                     cpu_per_message(samples, "connnode", "ep", RATE),
+                     cpu_per_message(samples, "baseline", "cn", RATE)))
+    rows.append(info("CPU per message: EP per POST / CN per PUT, at max sustained", "us",
+                     cpu_per_message(samples, "connnode", "ep"),
+                     cpu_per_message(samples, "baseline", "cn")))
     lost = {system: sum(level["lost"] for s in samples[system] for level in s["levels"].values())
             for system in SYSTEMS}
     rows.append(info("frames missing after a 201/200, all levels", "msgs", lost["connnode"],
