@@ -104,6 +104,9 @@ OPTIONS = {
     "router_port": (_port, 8100),
     "router_url": (_url, None),
     "hello_timeout": (_seconds, 10.0),
+    # ours: a hello's storage work (its wait for a storage turn included);
+    # past it the hello is answered 503 "error - overloaded" (0: no bound)
+    "hello_storage_timeout": (_seconds, 10.0),
     "idle_timeout": (_seconds, 0.0),
     "auto_ping_interval": (_seconds, 300.0),
     "auto_ping_timeout": (_seconds, 4.0),

@@ -184,6 +184,11 @@ class Session(Drain):
             self.close(Close.SIMPLEPUSH)
             return
         ctx = self.ctx
+        # The hello's storage work, its wait for a storage turn included, is
+        # bounded: in a connect storm a hello waits its turn instead of
+        # racing into timeouts, and past the deadline it is an overload.
+        deadline = gevent.Timeout(ctx.settings.hello_storage_timeout or None)
+        deadline.start()
         try:
             record, resumed = self._pick_record(hello.uaid)
             if self.closing:
@@ -198,11 +203,19 @@ class Session(Drain):
         except ThroughputError:
             self._hello_overloaded()
             return
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            log.info("hello storage past its deadline")
+            self._hello_overloaded(wait=False)
+            return
         except StorageError as exc:
             log.warning("hello storage error: %s", exc)
             self._send(protocol.hello_error(503, "error"))
             self.close(Close.HELLO_STORAGE_ERROR)
             return
+        finally:
+            deadline.close()
         if self.closing:
             return
         if not written:
@@ -267,8 +280,12 @@ class Session(Drain):
         self._send(protocol.hello_error(500, "already_connected"))
         self.close(Close.ALREADY_CONNECTED)
 
-    def _hello_overloaded(self):
-        gevent.sleep(random.randint(*HELLO_OVERLOAD_WAIT))
+    def _hello_overloaded(self, wait=True):
+        """503 ``error - overloaded`` and close (2.4.2): after 4-8 s for a
+        throughput error; at once when the hello's deadline has passed (the
+        client has waited already)."""
+        if wait:
+            gevent.sleep(random.randint(*HELLO_OVERLOAD_WAIT))
         self.ctx.registry.release(self)
         self._send(protocol.hello_error(503, "error - overloaded"))
         self.close(Close.HELLO_OVERLOADED)

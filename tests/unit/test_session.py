@@ -7,6 +7,7 @@ import time
 import uuid
 
 import gevent
+import gevent.event
 import pytest
 import simplejson as json
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -260,6 +261,24 @@ def test_hello_throughput_error_is_503_overloaded_and_1011(ctx, monkeypatch, ope
     assert (reply["status"], reply["reason"]) == (503, "error - overloaded")
     assert transport.close_code == Close.HELLO_OVERLOADED.code == 1011
     assert ctx.storage.router.records == {} and len(ctx.registry) == 0
+
+
+@pytest.mark.parametrize("operation,resume", [("get_uaid", True), ("register_user", False)])
+def test_hello_past_its_storage_deadline_is_503_overloaded_at_once(make_ctx, operation, resume):
+    """A storage call that does not come back (a store buried by a connect
+    storm, or a long wait for a storage turn) ends the hello at
+    hello_storage_timeout with the overload answer, never a 500."""
+    ctx = make_ctx(hello_storage_timeout=0.2)
+    stuck = gevent.event.Event()
+    setattr(ctx.storage.router, operation, lambda *args: stuck.wait(30))
+    session, transport = connect(ctx)
+    started = time.monotonic()
+    reply = hello(session, transport, uuid.uuid4().hex if resume else None)
+    assert time.monotonic() - started < 1.0
+    assert (reply["status"], reply["reason"]) == (503, "error - overloaded")
+    assert transport.close_code == Close.HELLO_OVERLOADED.code == 1011
+    assert len(ctx.registry) == 0
+    stuck.set()
 
 
 def test_direct_message_during_hello_is_queued_behind_the_reply(ctx):

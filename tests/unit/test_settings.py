@@ -95,6 +95,7 @@ def test_every_protocol_option_exists():
     protocol = set(EXPECTED_DEFAULTS) | derived_or_unset
     assert protocol <= set(OPTIONS)
     assert set(OPTIONS) - protocol == {"ddb_max_pool_connections", "ddb_call_timeout",
+                                       "hello_storage_timeout",
                                        "ddb_lean_calls", "durable_direct", "sweep_interval"}
 
 
