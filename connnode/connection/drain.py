@@ -141,9 +141,15 @@ class Drain:
         if writes:
             gevent.joinall(writes)
         if not self.batch and self.batch_phase == TIMESTAMP and self.cursor is not None:
-            cursor_write = self.ctx.pending.spawn(
-                self.uaid, retry_forever, self.table.update_last_message_read, self.uaid, self.cursor)
-            cursor_write.join()
+            # The next fetch reads past the cursor held in memory, so it need
+            # not wait for the cursor's write: it starts first (its barrier
+            # leaves the write out) and the two round trips overlap. This
+            # frame's handling, and so the read loop, still waits for the
+            # write (2.2).
+            self._continue()
+            self.ctx.pending.spawn(self.uaid, retry_forever, self.table.update_last_message_read,
+                                   self.uaid, self.cursor).join()
+            return
         self._continue()
 
     def _delete_acked(self, key, notification):
@@ -301,6 +307,9 @@ class Drain:
         self.batch_phase = self.phase
         if not sent:
             if self.cursor is not None:
+                # After any cursor write still in flight (an ack's): the
+                # cursor never moves back.
+                ctx.pending.wait(ctx.pending.snapshot(self.uaid))
                 deletes.append(ctx.pending.spawn(
                     self.uaid, retry_forever, self.table.update_last_message_read, self.uaid,
                     self.cursor))
