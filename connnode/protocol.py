@@ -23,6 +23,14 @@ Decisions where the spec is silent:
 * A "UUID" is 32 hex digits of any case, undashed or dashed 8-4-4-4-12.
 * Integers: only JSON integer tokens count; ``true``, ``200.0`` and ``"200"``
   do not.
+* ``broadcasts`` (hello, broadcast_subscribe; issue 15) is checked only when
+  the caller says broadcasts are on (``parse_client_frame(...,
+  broadcasts=True)``): then anything but an object of at most
+  ``MAX_BROADCASTS`` ids (strings of at most ``MAX_BROADCAST_ID`` chars) with
+  string versions is ``Close.BAD_BROADCASTS`` (1002). Absent or ``null`` is
+  no broadcasts. While broadcasts are off the content is ignored, as PROTOCOL
+  2.4 and 2.11 say. Pairs come back in the client's order, duplicates
+  resolved by JSON's last-key rule.
 """
 import re
 import uuid
@@ -36,6 +44,8 @@ from connnode.encoding import b64url_decode, compact_json, load_p256_public_key
 MORE_INFO = "http://autopush.readthedocs.io/en/latest/api/websocket.html#private-http-endpoint"
 PING_REPLY = "{}"
 MAX_NESTING = 64
+MAX_BROADCASTS = 50
+MAX_BROADCAST_ID = 200
 
 #: A uaid as the wire and the router API carry it: 32 lowercase hex digits (1.1).
 is_uaid = re.compile(r"[0-9a-f]{32}").fullmatch
@@ -63,6 +73,8 @@ class Hello:
 
     uaid: str | None
     use_webpush: bool
+    #: (id, version) pairs the client named; empty when none (or broadcasts off).
+    broadcasts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,11 +129,17 @@ class Ping:
 
 @dataclass(slots=True, frozen=True)
 class BroadcastSubscribe:
-    """Accepted and ignored while no broadcast source is configured (2.11)."""
+    """2.11: the (id, version) pairs to subscribe to; ignored (and empty)
+    while broadcasts are off."""
+
+    broadcasts: tuple[tuple[str, str], ...] = ()
 
 
-def parse_client_frame(text: str, hello_done: bool):
-    """One client text frame -> message, or raise MessageViolation (2.2 steps 3-6)."""
+def parse_client_frame(text: str, hello_done: bool, broadcasts: bool = False):
+    """One client text frame -> message, or raise MessageViolation (2.2 steps 3-6).
+
+    ``broadcasts``: the node has a broadcast source, so ``broadcasts`` fields
+    are read and checked (else ignored)."""
     if _SURROGATE_RE.search(text):
         raise MessageViolation(Close.INVALID_UTF8)
     try:
@@ -136,11 +154,13 @@ def parse_client_frame(text: str, hello_done: bool):
     if not hello_done:
         if message_type != "hello":
             raise MessageViolation(Close.HELLO_FIRST)
-        return _parse_hello(obj)
+        return _parse_hello(obj, broadcasts)
     if not obj or message_type == "ping":
         return Ping()
     if not isinstance(message_type, str) or message_type not in _PARSERS:
         raise MessageViolation(Close.UNKNOWN_MESSAGE_TYPE)
+    if message_type in ("hello", "broadcast_subscribe"):
+        return _PARSERS[message_type](obj, broadcasts)
     return _PARSERS[message_type](obj)
 
 
@@ -161,11 +181,28 @@ def _nesting_exceeds(text, limit):
     return False
 
 
-def _parse_hello(obj):
+def _parse_hello(obj, broadcasts=False):
     uaid = obj.get("uaid")
     if not (isinstance(uaid, str) and is_uaid(uaid)):
         uaid = None
-    return Hello(uaid=uaid, use_webpush=_json_truthy(obj.get("use_webpush")))
+    pairs = _broadcast_pairs(obj.get("broadcasts")) if broadcasts else ()
+    return Hello(uaid=uaid, use_webpush=_json_truthy(obj.get("use_webpush")), broadcasts=pairs)
+
+
+def _parse_broadcast_subscribe(obj, broadcasts=False):
+    return BroadcastSubscribe(_broadcast_pairs(obj.get("broadcasts")) if broadcasts else ())
+
+
+def _broadcast_pairs(value):
+    """A ``broadcasts`` object -> ((id, version), ...), or MessageViolation."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_BROADCASTS:
+        raise MessageViolation(Close.BAD_BROADCASTS)
+    for broadcast_id, version in value.items():
+        if len(broadcast_id) > MAX_BROADCAST_ID or not isinstance(version, str):
+            raise MessageViolation(Close.BAD_BROADCASTS)
+    return tuple(value.items())
 
 
 def _json_truthy(value):
@@ -248,7 +285,7 @@ _PARSERS = {
     "unregister": _parse_unregister,
     "ack": _parse_ack,
     "nack": _parse_nack,
-    "broadcast_subscribe": lambda obj: BroadcastSubscribe(),
+    "broadcast_subscribe": _parse_broadcast_subscribe,
 }
 
 
@@ -285,13 +322,20 @@ def _error_frame(message_type, status, reason, channel_id=_ABSENT):
     return _dumps(frame)
 
 
-def hello_reply(uaid: str, ping_interval: float, env: str) -> str:
-    """2.4.1; ``ping`` only when ``ping_interval`` > 0, an integer when whole."""
+def hello_reply(uaid: str, ping_interval: float, env: str, broadcasts=None) -> str:
+    """2.4.1; ``ping`` only when ``ping_interval`` > 0, an integer when whole.
+    ``broadcasts``: the reply's broadcasts object (delta and ``errors``), ``{}``
+    when None."""
     frame = {"messageType": "hello", "uaid": uaid, "status": 200, "use_webpush": True}
     if ping_interval > 0:
         frame["ping"] = int(ping_interval) if float(ping_interval).is_integer() else float(ping_interval)
-    frame.update(env=env, broadcasts={})
+    frame.update(env=env, broadcasts=broadcasts or {})
     return _dumps(frame)
+
+
+def broadcast_frame(broadcasts: dict) -> str:
+    """``{"messageType":"broadcast","broadcasts":{...}}`` (2.11, issue 15)."""
+    return _dumps({"messageType": "broadcast", "broadcasts": broadcasts})
 
 
 def hello_error(status: int, reason: str) -> str:

@@ -9,6 +9,7 @@ the typo instead of a node running with a surprise.
 import configparser
 import math
 import os
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -59,6 +60,28 @@ def _url(text):
 
 def _str(text):
     return text.strip()
+
+
+_BROADCASTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def _broadcaster_tokens(text):
+    """``name=TOKEN,other=TOKEN2`` -> {name: token}; empty -> {}."""
+    tokens = {}
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, token = entry.partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not token:
+            raise ValueError(f"entry {name or entry!r}: expected name=TOKEN")
+        if not _BROADCASTER_NAME.fullmatch(name):
+            raise ValueError(f"entry {name!r}: a broadcaster name is 1-100 of [A-Za-z0-9_.-]")
+        if name in tokens:
+            raise ValueError(f"broadcaster {name!r} named twice")
+        tokens[name] = token
+    return tokens
 
 
 _count = _non_negative(int)
@@ -119,6 +142,21 @@ OPTIONS = {
     "send_high_water": (_count, 65536),
     "backdoor_port": (_port, None),
     "backdoor_host": (_str, "127.0.0.1"),
+    # ours: Megaphone broadcasts (issue 15, connnode/connection/megaphone.py):
+    # the service's GET /v1/broadcasts URL, polled every interval with
+    # "Authorization: Bearer <megaphone_api_token>". Empty: broadcasts off.
+    # Under `make run` point it at the local endpoint node's /v1/broadcasts
+    # (e.g. http://localhost:8082/v1/broadcasts) once that API is served.
+    "megaphone_api_url": (_str, ""),
+    "megaphone_api_token": (_str, ""),
+    "megaphone_poll_interval": (_seconds, 30.0),
+    # ours: the endpoint node's Megaphone API (issue 15, connnode/endpoint/broadcasts.py):
+    # versions in the table broadcast_tablename; PUT /v1/broadcasts/<broadcaster>/...
+    # needs that broadcaster's token ("name=TOKEN,other=TOKEN2"), GET /v1/broadcasts
+    # the reader token (empty: every GET is refused)
+    "broadcast_tablename": (_str, "broadcasts"),
+    "megaphone_broadcaster_tokens": (_broadcaster_tokens, None),
+    "megaphone_reader_token": (_str, ""),
     # 9.3 endpoint node
     "endpoint_port": (_port, 8082),
     "max_data_bytes": (_count, 5630),

@@ -61,6 +61,8 @@ class FakeTransport:
         self.sent.append(json.loads(text))
         return True
 
+    send_nowait = send  # the broadcast fan-out's send (transport.py)
+
     def ping(self):
         self.pings += 1
         return True

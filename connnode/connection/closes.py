@@ -48,6 +48,7 @@ class Close:
     HELLO_FIRST = CloseRow(1002, "first message must be hello")
     UNKNOWN_MESSAGE_TYPE = CloseRow(1002, "missing or unknown messageType")
     DUPLICATE_HELLO = CloseRow(1002, "duplicate hello")        # hello 401 (2.15)
+    BAD_BROADCASTS = CloseRow(1002, "bad broadcasts")          # hello / broadcast_subscribe (2.11)
     SIMPLEPUSH = CloseRow(1002, "Simplepush not supported")    # hello 401 (2.15)
     RESERVED_BITS = CloseRow(1002, "reserved bits set")
     UNKNOWN_CONTROL_OPCODE = CloseRow(1002, "unknown control opcode")

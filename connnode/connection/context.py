@@ -16,7 +16,9 @@ and feed the session frames without dynalite:
 * ``node_id``: this process's router URL, written into the router record;
 * ``peers``: the two calls to other connection nodes (evict a superseded
   holder, 3.4; ask the current holder to check storage, 2.16 step 5);
-* ``ended(session)``: counts the connection out and logs its summary.
+* ``ended(session)``: counts the connection out and logs its summary;
+* ``broadcasts``: the worker's ``Broadcasts`` (``broadcasts.py``), or None
+  while broadcasts are off (no ``megaphone_api_url``).
 
 One context per worker, shared by every session (one reference each, as the
 node was): no memory per connection.
@@ -57,10 +59,10 @@ class SessionContext:
     """The members a Session uses (see the module docstring)."""
 
     __slots__ = ("settings", "storage", "metrics", "registry", "timers", "pending",
-                 "deletes", "node_id", "peers", "ended")
+                 "deletes", "node_id", "peers", "ended", "broadcasts")
 
     def __init__(self, settings, storage, metrics, registry, timers, pending, deletes, node_id,
-                 peers, ended):
+                 peers, ended, broadcasts=None):
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
@@ -71,6 +73,7 @@ class SessionContext:
         self.node_id = node_id
         self.peers = peers
         self.ended = ended
+        self.broadcasts = broadcasts
 
     def endpoint_for(self, uaid, chid, key_raw):
         """The push endpoint URL of a new registration (2.5, 4.4)."""

@@ -12,6 +12,7 @@ import time
 
 import gevent
 
+from connnode.connection.broadcasts import Broadcasts
 from connnode.connection.closes import Close
 from connnode.connection.context import Peers, SessionContext
 from connnode.connection.deletes import AckedDeletes
@@ -42,10 +43,13 @@ class Node:
         self.router_app = None
         self.public_app = None
         self._rotation = None
+        self._megaphone = None
+        # Megaphone broadcasts (issue 15): off (None) without a URL to poll
+        self.broadcasts = Broadcasts() if getattr(settings, "megaphone_api_url", "") else None
         self.context = SessionContext(
             settings, storage, metrics, self.registry, self.timers, self.pending,
             AckedDeletes(storage, self.pending), node_id, Peers(node_client, self.log_uaid),
-            self.session_ended)
+            self.session_ended, self.broadcasts)
 
     def log_uaid(self, uaid):
         """The uaid as logs may show it: hashed when key_hash is set."""
@@ -89,6 +93,11 @@ class Node:
     def start(self):
         self._rotation = gevent.spawn(self.storage.rotation.run_forever,
                                       self.settings.table_rotation_interval)
+        if self.broadcasts is not None:
+            from connnode.connection.megaphone import MegaphonePoller
+            poller = MegaphonePoller(self.settings, self.broadcasts, self.metrics,
+                                     lambda: self.registry)
+            self._megaphone = gevent.spawn(poller.run_forever)
 
     def shutdown(self, timeout):
         """Stop taking upgrades, close every client with 1001, wait (bounded)

@@ -68,6 +68,10 @@ class Session(Drain):
         "sent_in_drain", "drain_generation",
         # stats for the close summary (2.16)
         "registers", "_counts",
+        # Megaphone broadcasts (2.11, broadcasts.py): the ids this client is
+        # subscribed to, a frozenset shared with every client holding the
+        # same one (one reference per client), None for none
+        "broadcast_subs",
     )
 
     def __init__(self, ctx, transport, connected_at=None, user_agent="", host=""):
@@ -99,6 +103,7 @@ class Session(Drain):
         # counter costs about 190 bytes per client. The rest, made on first use.
         self.registers = 0
         self._counts = None
+        self.broadcast_subs = None
         self.said_hello = False
         self.hello_timer = None
         settings = ctx.settings
@@ -162,7 +167,8 @@ class Session(Drain):
             self.paused.wait()
         self.last_activity = time.monotonic()
         try:
-            message = protocol.parse_client_frame(text, self.state != AWAITING_HELLO)
+            message = protocol.parse_client_frame(text, self.state != AWAITING_HELLO,
+                                                  self.ctx.broadcasts is not None)
         except protocol.MessageViolation as violation:
             log.debug("message violation: %s", violation.row.reason)
             self.close(violation.row)
@@ -226,8 +232,15 @@ class Session(Drain):
         if old_node and old_node != ctx.node_id and old_connected_at is not None:
             gevent.spawn(ctx.peers.evict, old_node, self.uaid, old_connected_at)
         self.state = READY
+        broadcasts = ctx.broadcasts
+        reply = None
+        if broadcasts is not None and hello.broadcasts:
+            # computed at the reply, after the storage work: a change applied
+            # meanwhile is in this delta (the fan-out skipped this session)
+            reply = broadcasts.reply(hello.broadcasts, self)
+            self.broadcast_subs = broadcasts.subscribe(None, hello.broadcasts)
         self._send(protocol.hello_reply(self.uaid, ctx.settings.auto_ping_interval,
-                                        ctx.settings.env))
+                                        ctx.settings.env, reply))
         self._metric("ua.command.hello")
         queued, self.queued = self.queued, None
         for notification in queued or ():
@@ -352,8 +365,20 @@ class Session(Drain):
         self.last_ping = now
         self._send(protocol.PING_REPLY)
 
-    def _on_broadcast_subscribe(self, _message):
-        pass  # no broadcast source is configured (2.11)
+    def _on_broadcast_subscribe(self, message):
+        broadcasts = self.ctx.broadcasts
+        if broadcasts is None or not message.broadcasts:
+            return  # broadcasts are off (no megaphone_api_url), or nothing named (2.11)
+        reply = broadcasts.reply(message.broadcasts, self)
+        self.broadcast_subs = broadcasts.subscribe(self.broadcast_subs, message.broadcasts)
+        if reply:
+            self._send(protocol.broadcast_frame(reply))
+
+    def send_broadcast(self, frame):
+        """A server-side broadcast change (``Broadcasts.fan_out``): never
+        waits for a client that does not read, so the fan-out never stalls."""
+        if self.state < CLOSING:
+            self.transport.send_nowait(frame)
 
     _HANDLERS = {
         protocol.Hello: _on_hello,

@@ -158,6 +158,15 @@ class Transport:
             return False
         return self._send_frame(_frame(OP_TEXT, text.encode("utf-8")))
 
+    def send_nowait(self, text: str) -> bool:
+        """Send one text frame without waiting (the broadcast fan-out, which
+        visits thousands of sessions in a row): now if the send lock is free
+        and the socket writable, else from a short-lived greenlet behind the
+        frames already queued. False if closing, closed or dead."""
+        if self._flags & _STOP_SENDING:
+            return False
+        return self._send_nowait(_frame(OP_TEXT, text.encode("utf-8")), _STOP_SENDING) is not False
+
     def ping(self) -> bool:
         """Send an empty PING; ``pong_received_since_ping`` is False until a PONG.
 

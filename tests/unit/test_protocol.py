@@ -12,7 +12,8 @@ from connnode.connection.closes import Close
 from connnode.encoding import load_p256_public_key
 from connnode.protocol import (
     MAX_NESTING, MORE_INFO, PING_REPLY, Ack, BroadcastSubscribe, Hello, Nack, Ping,
-    MessageViolation, Register, Unregister, hello_error, hello_reply, overloaded_error,
+    MessageViolation, Register, Unregister, broadcast_frame, hello_error, hello_reply,
+    overloaded_error,
     parse_client_frame, register_error, register_reply, unregister_error, unregister_reply,
 )
 
@@ -506,6 +507,55 @@ def test_nack_without_version_is_ignored():
                                    {"broadcasts": None}, {"broadcasts": [1, 2]}])
 def test_broadcast_subscribe_is_accepted_whatever_its_content(extra):
     assert parse({"messageType": "broadcast_subscribe", **extra}) == BroadcastSubscribe()
+
+
+# -- broadcasts on (issue 15) ------------------------------------------------------
+
+MONITOR = "remote-settings/monitor_changes"
+
+
+def parse_on(obj, hello_done=True):
+    return parse_client_frame(frame(obj), hello_done, broadcasts=True)
+
+
+def test_hello_broadcasts_are_pairs_when_broadcasts_are_on():
+    message = {"messageType": "hello", "use_webpush": True, "broadcasts": {MONITOR: '"5"', "a/b": "v"}}
+    assert parse_on(message, False) == Hello(None, True, ((MONITOR, '"5"'), ("a/b", "v")))
+    assert parse(message, False) == Hello(None, True)  # off: content ignored
+    for empty in ({}, {"broadcasts": None}, {"broadcasts": {}}):
+        assert parse_on({"messageType": "hello", "use_webpush": True, **empty}, False) == Hello(None, True)
+
+
+def test_broadcast_subscribe_pairs_when_broadcasts_are_on():
+    assert parse_on({"messageType": "broadcast_subscribe", "broadcasts": {MONITOR: "1"}}) \
+        == BroadcastSubscribe(((MONITOR, "1"),))
+    assert parse_on({"messageType": "broadcast_subscribe"}) == BroadcastSubscribe()
+
+
+@pytest.mark.parametrize("broadcasts", [
+    [1, 2], "x", 5, True, {"a": 1}, {"a": None}, {"a": ["v"]}, {"a": {"v": "1"}},
+    {"x" * 201: "1"}, {f"id{i}": "1" for i in range(51)},
+])
+@pytest.mark.parametrize("hello_done", [False, True])
+def test_bad_broadcasts_close_1002_when_broadcasts_are_on(broadcasts, hello_done):
+    message = {"messageType": "hello" if not hello_done else "broadcast_subscribe",
+               "use_webpush": True, "broadcasts": broadcasts}
+    with pytest.raises(MessageViolation) as info:
+        parse_on(message, hello_done)
+    assert info.value.row == Close.BAD_BROADCASTS and info.value.row.code == 1002
+
+
+def test_broadcast_limits_are_inclusive():
+    ok = {f"{i:0>200}": "v" for i in range(50)}
+    assert len(parse_on({"messageType": "broadcast_subscribe", "broadcasts": ok}).broadcasts) == 50
+
+
+def test_hello_reply_carries_the_broadcasts_object_and_the_broadcast_frame():
+    reply = simplejson.loads(hello_reply(UAID, 0, "e", {MONITOR: "2", "errors": {"x": "Broadcast not found"}}))
+    assert reply["broadcasts"] == {MONITOR: "2", "errors": {"x": "Broadcast not found"}}
+    assert simplejson.loads(hello_reply(UAID, 0, "e", {}))["broadcasts"] == {}
+    assert broadcast_frame({MONITOR: "2"}) == \
+        '{"messageType":"broadcast","broadcasts":{"remote-settings/monitor_changes":"2"}}'
 
 
 def test_ping_reply():

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connnode.connection import session as session_module
+from connnode.connection.broadcasts import Broadcasts
 from connnode.connection.closes import Close
 from connnode.connection.drain import NO_ITEMS
 from connnode.connection.session import Session
@@ -478,6 +479,79 @@ def test_nack_and_broadcast_subscribe_get_no_reply(ctx):
     send(session, messageType="broadcast_subscribe", broadcasts={"x": "1"})
     assert len(transport.sent) == sent and transport.close_code is None
     assert [c[2]["code"] for c in ctx.metrics.calls if c[0] == "ua.command.nack"] == [301, 0]
+
+
+# -- Megaphone broadcasts (issue 15) -------------------------------------------------
+
+MONITOR = "remote-settings/monitor_changes"
+
+
+@pytest.fixture
+def bctx(make_ctx):
+    """A context with broadcasts on: MONITOR at version "5"."""
+    ctx = make_ctx()
+    ctx.broadcasts = Broadcasts({MONITOR: "5"})
+    return ctx
+
+
+def test_hello_broadcasts_delta_errors_and_empty(bctx):
+    session, transport = connect(bctx)
+    reply = hello(session, transport, broadcasts={MONITOR: "4", "x/y": "1"})
+    assert reply["broadcasts"] == {MONITOR: "5", "errors": {"x/y": "Broadcast not found"}}
+    assert session.broadcast_subs == {MONITOR}
+    other, other_transport = connect(bctx)
+    assert hello(other, other_transport, broadcasts={MONITOR: "5"})["broadcasts"] == {}
+    assert other.broadcast_subs is session.broadcast_subs  # one shared set
+    third, third_transport = connect(bctx)
+    assert hello(third, third_transport)["broadcasts"] == {} and third.broadcast_subs is None
+
+
+def test_broadcast_subscribe_replies_only_with_a_delta(bctx):
+    bctx.broadcasts.apply({"a/b": "1"})
+    session, transport = connect(bctx)
+    hello(session, transport)
+    sent = len(transport.sent)
+    send(session, messageType="broadcast_subscribe", broadcasts={MONITOR: "5"})
+    assert len(transport.sent) == sent and session.broadcast_subs == {MONITOR}
+    send(session, messageType="broadcast_subscribe", broadcasts={"a/b": "0", "x/y": "1"})
+    assert transport.sent[-1] == {"messageType": "broadcast",
+                                  "broadcasts": {"a/b": "1", "errors": {"x/y": "Broadcast not found"}}}
+    assert session.broadcast_subs == {MONITOR, "a/b"} and transport.close_code is None
+
+
+def test_a_change_reaches_the_subscribed_session(bctx):
+    session, transport = connect(bctx)
+    hello(session, transport, broadcasts={MONITOR: "5"})
+    other, other_transport = connect(bctx)
+    hello(other, other_transport)
+    bctx.broadcasts.fan_out(bctx.registry, bctx.broadcasts.apply({MONITOR: "6"}))
+    assert transport.frames("broadcast") == [{"messageType": "broadcast", "broadcasts": {MONITOR: "6"}}]
+    assert other_transport.frames("broadcast") == []
+
+
+@pytest.mark.parametrize("frame", [
+    {"messageType": "broadcast_subscribe", "broadcasts": [MONITOR]},
+    {"messageType": "broadcast_subscribe", "broadcasts": {MONITOR: 5}},
+])
+def test_bad_broadcasts_close_1002(bctx, frame):
+    session, transport = connect(bctx)
+    hello(session, transport)
+    send(session, **frame)
+    assert (transport.close_code, transport.close_reason) == (1002, Close.BAD_BROADCASTS.reason)
+
+
+def test_bad_hello_broadcasts_close_1002(bctx):
+    session, transport = connect(bctx)
+    send(session, messageType="hello", use_webpush=True, broadcasts={"x" * 201: "1"})
+    assert transport.close_code == 1002 and transport.frames("hello") == []
+
+
+def test_broadcasts_off_hello_is_empty_and_content_ignored(ctx):
+    assert ctx.broadcasts is None
+    session, transport = connect(ctx)
+    assert hello(session, transport, broadcasts={MONITOR: "4"})["broadcasts"] == {}
+    send(session, messageType="broadcast_subscribe", broadcasts=[1])
+    assert transport.close_code is None and session.broadcast_subs is None
 
 
 # -- direct delivery (3.2, 8.5) ---------------------------------------------------------

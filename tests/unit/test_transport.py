@@ -338,6 +338,21 @@ def test_ping_does_not_block_behind_a_stuck_sender(server):
     assert sender.value is True
 
 
+def test_send_nowait_does_not_block_behind_a_stuck_sender(server):
+    # the broadcast fan-out's send: frames stay whole and in order
+    client = RawClient(server.port, rcvbuf=4096)
+    transport = server.session().transport
+    sender, big = _stuck_sender(transport)
+    started = time.monotonic()
+    assert transport.send_nowait('{"messageType":"broadcast"}')
+    assert time.monotonic() - started < 0.1
+    assert client.recv_frame() == (0x1, big)
+    assert client.recv_frame() == (0x1, b'{"messageType":"broadcast"}')
+    sender.join(WAIT)
+    transport.close(1000)
+    assert transport.send_nowait("{}") is False
+
+
 def test_close_does_not_block_behind_a_stuck_sender(server):
     client = RawClient(server.port, rcvbuf=4096)
     transport = server.session().transport
