@@ -1,6 +1,7 @@
 """The ``connnode`` command: storage maintenance and the one-machine runner.
 
     connnode db create-tables | rotate | preflight | drop-user UAID | drop-old-users | sweep
+    connnode broadcast set ID VERSION | list   Megaphone broadcasts via endpoint_url
     connnode dynalite     run the embedded dynalite in the foreground (data in data_dir)
     connnode sweeper      a storage sweep every sweep_interval seconds (embedded store only)
     connnode run          one machine: embedded dynalite, tables, then the nodes
@@ -21,7 +22,8 @@ def _storage(settings):
 def cmd_create_tables(settings, args):
     storage = _storage(settings)
     storage.wait_ready(args.wait)
-    print(f"tables ready: {settings.router_tablename}, " + ", ".join(sorted(storage.rotation.valid)))
+    print(f"tables ready: {settings.router_tablename}, {settings.broadcast_tablename}, "
+          + ", ".join(sorted(storage.rotation.valid)))
     if args.preflight:
         storage.preflight()
         print("preflight OK")
@@ -92,6 +94,80 @@ def cmd_sweeper(settings, args):
     print(f"connnode sweeper: a pass every {settings.sweep_interval:g} s against "
           f"{settings.aws_ddb_endpoint}", flush=True)
     run_forever(Sweeper(_storage(settings)), settings.sweep_interval)
+
+
+# -- broadcasts (issue 15): through the endpoint node's Megaphone API ----------
+
+_BROADCAST_ADVICE = {
+    400: "the version was refused (1-200 printable characters)",
+    401: "the token was refused; check {option} on this machine and on the endpoint node",
+    404: "no such broadcast id, or the endpoint node has no token for that broadcaster "
+         "(megaphone_broadcaster_tokens)",
+}
+
+
+def _broadcast_call(settings, method, path, token, option, body=None):
+    """(status, parsed JSON) of one call to ``endpoint_url``; prints the
+    reason and returns None when it failed."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = settings.endpoint_url.rstrip("/") + path
+    request = urllib.request.Request(url, data=body, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "text/plain; charset=utf-8"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message", "")
+        except ValueError:
+            message = ""
+        advice = _BROADCAST_ADVICE.get(exc.code, "").format(option=option)
+        print(f"connnode: {method} {url}: {exc.code} {exc.reason}"
+              f"{': ' + message if message else ''}{' (' + advice + ')' if advice else ''}",
+              file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"connnode: cannot reach the endpoint node at {url} (endpoint_url): {reason}",
+              file=sys.stderr)
+    except ValueError as exc:
+        print(f"connnode: {method} {url}: the answer is not JSON ({exc})", file=sys.stderr)
+    return None
+
+
+def cmd_broadcast_set(settings, args):
+    from urllib.parse import quote
+    broadcaster, sep, bchannel = args.id.partition("/")
+    if not sep or not broadcaster or not bchannel or "/" in bchannel:
+        print(f"connnode: broadcast id {args.id!r}: expected <broadcaster>/<bchannel>",
+              file=sys.stderr)
+        return 2
+    token = settings.megaphone_broadcaster_tokens.get(broadcaster)
+    if not token:
+        print(f"connnode: no token for broadcaster {broadcaster!r} in "
+              "megaphone_broadcaster_tokens (name=TOKEN,...)", file=sys.stderr)
+        return 2
+    path = f"/v1/broadcasts/{quote(broadcaster, safe='')}/{quote(bchannel, safe='')}"
+    if _broadcast_call(settings, "PUT", path, token, "megaphone_broadcaster_tokens",
+                       args.version.encode("utf-8")) is None:
+        return 1
+    print(f"{args.id} = {args.version}")
+    return 0
+
+
+def cmd_broadcast_list(settings, args):
+    if not settings.megaphone_reader_token:
+        print("connnode: megaphone_reader_token is not set", file=sys.stderr)
+        return 2
+    answer = _broadcast_call(settings, "GET", "/v1/broadcasts", settings.megaphone_reader_token,
+                             "megaphone_reader_token")
+    if answer is None:
+        return 1
+    for broadcast_id, version in sorted((answer.get("broadcasts") or {}).items()):
+        print(f"{broadcast_id} {version}")
+    return 0
 
 
 def _embedded_port_refusal(settings):
@@ -197,6 +273,15 @@ def build_parser():
     old.set_defaults(func=cmd_drop_old_users)
     db.add_parser("sweep", help="one storage sweep: expired items, old message tables"
                   ).set_defaults(func=cmd_sweep)
+    broadcast = sub.add_parser(
+        "broadcast", help="Megaphone broadcasts, through the endpoint node's API (endpoint_url)"
+    ).add_subparsers(dest="broadcast_command", required=True)
+    bset = broadcast.add_parser("set", help="set a broadcast's version (the broadcaster's token)")
+    bset.add_argument("id", help="<broadcaster>/<bchannel>")
+    bset.add_argument("version")
+    bset.set_defaults(func=cmd_broadcast_set)
+    broadcast.add_parser("list", help="every broadcast and its version (the reader token)"
+                         ).set_defaults(func=cmd_broadcast_list)
     sub.add_parser("dynalite", help="run the embedded dynalite").set_defaults(func=cmd_dynalite)
     sub.add_parser("run", help="run the whole service on this machine").set_defaults(func=cmd_run)
     sub.add_parser("sweeper", help="a storage sweep every sweep_interval seconds (embedded store)"

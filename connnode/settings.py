@@ -74,8 +74,8 @@ def _broadcaster_tokens(text):
             continue
         name, sep, token = entry.partition("=")
         name, token = name.strip(), token.strip()
-        if not sep or not token:
-            raise ValueError(f"entry {name or entry!r}: expected name=TOKEN")
+        if not sep or not name or not token:
+            raise ValueError(f"entry {name!r}: expected name=TOKEN")
         if not _BROADCASTER_NAME.fullmatch(name):
             raise ValueError(f"entry {name!r}: a broadcaster name is 1-100 of [A-Za-z0-9_.-]")
         if name in tokens:
@@ -219,6 +219,8 @@ class Settings:
         return cls(**{name: _parse_one(name, text) for name, text in raw.items()})
 
     def _derive(self):
+        if self.megaphone_broadcaster_tokens is None:
+            self.megaphone_broadcaster_tokens = {}
         if not self.hostname:
             self.hostname = socket.gethostname()
         if not self.router_hostname:
@@ -253,7 +255,12 @@ def _parse_one(name, text):
     try:
         return parser(text)
     except ValueError as exc:
-        raise SettingsError(f"option {name}: bad value {text!r} ({exc})") from None
+        shown = "(hidden)" if name in _SECRET_OPTIONS else repr(text)
+        raise SettingsError(f"option {name}: bad value {shown} ({exc})") from None
+
+
+# Options whose values are never echoed in an error message.
+_SECRET_OPTIONS = frozenset({"megaphone_broadcaster_tokens"})
 
 
 def _drop_default_port(url):

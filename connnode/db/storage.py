@@ -7,6 +7,7 @@ import secrets
 import time
 
 from connnode.crypto import TokenCrypto
+from connnode.db.broadcasts import PREFLIGHT_ID, BroadcastTable, broadcast_table_definition
 from connnode.db.dynamo import (Dynamo, StorageError, make_client, message_table_definition,
                                 router_table_definition)
 from connnode.db.message import MessageTable
@@ -33,6 +34,7 @@ class Storage:
         self.router = RouterTable(self.dynamo, settings.router_tablename,
                                   settings.key_hash, settings.max_ttl)
         self.rotation = TableRotation(settings.message_tablename, self._ensure_message_table)
+        self.broadcasts = BroadcastTable(self.dynamo, settings.broadcast_tablename)
         self._tables = {}
 
     def message_table(self, name):
@@ -51,9 +53,11 @@ class Storage:
             self.settings.message_read_throughput, self.settings.message_write_throughput))
 
     def create_tables(self, now=None):
-        """Router table; last, current and (on a month's last day) next month's tables."""
+        """Router table; broadcasts table; last, current and (on a month's
+        last day) next month's tables."""
         self.dynamo.ensure_table(self.settings.router_tablename, router_table_definition(
             self.settings.router_read_throughput, self.settings.router_write_throughput))
+        self.dynamo.ensure_table(self.settings.broadcast_tablename, broadcast_table_definition())
         self.rotation.check(now)
 
     def wait_ready(self, timeout=60.0, now=None):
@@ -72,7 +76,8 @@ class Storage:
     def preflight(self):
         """Exercise every kind of write once with a throw-away uaid (6.6);
         raises StorageError on the first failure."""
-        for name in (self.settings.router_tablename, self.rotation.current):
+        for name in (self.settings.router_tablename, self.rotation.current,
+                     self.settings.broadcast_tablename):
             if self.dynamo.table_status(name) != "ACTIVE":
                 raise StorageError(f"table {name} is not ACTIVE")
         uaid = "deadbeef00000000deadbeef" + secrets.token_hex(4)
@@ -92,6 +97,9 @@ class Storage:
             raise StorageError("preflight: router record did not read back")
         self.router.clear_node(read)
         self.router.drop_user(uaid)
+        self.broadcasts.set(PREFLIGHT_ID, "preflight")
+        self.broadcasts.all()
+        self.broadcasts.delete(PREFLIGHT_ID)
 
     def health(self):
         """(healthy, {"router": {...}, "storage": {...}}) for /health (4.11)."""

@@ -5,6 +5,8 @@
     DELETE  /m/{message_id}                     delete a stored message (4.10)
     OPTIONS /wpush/..., /m/...                  CORS preflight
     GET     /status /health /__heartbeat__ /__lbheartbeat__ /__version__ (4.11)
+    PUT     /v1/broadcasts/{broadcaster}/{bchannel}  Megaphone API (connnode/endpoint/broadcasts.py)
+    GET     /v1/broadcasts
 
 ``create_endpoint_app(storage, metrics, node_client, settings)`` builds it.
 ``storage`` is a ``connnode.db.storage.Storage`` (its ``crypto`` reads
@@ -50,6 +52,7 @@ from werkzeug.exceptions import HTTPException
 from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
 from connnode.db.dynamo import StorageError
 from connnode.encoding import b64url_encode, compact_json
+from connnode.endpoint.broadcasts import broadcast_routes
 from connnode.endpoint.delivery import Delivery
 from connnode.endpoint.errors import EndpointError, error_response, storage_error
 from connnode.endpoint.headers import message_headers, parse_topic, parse_ttl
@@ -275,6 +278,7 @@ def create_endpoint_app(storage, metrics, node_client, settings):
                      provide_automatic_options=False)
     app.add_url_rule("/m/<path:message_id>", "delete_message", delete_message,
                      methods=["DELETE", "OPTIONS"], provide_automatic_options=False)
+    broadcast_routes(app, storage, settings, respond)
     status_routes(app, storage.health)
 
     common = CommonHeaders(settings)

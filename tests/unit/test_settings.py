@@ -98,7 +98,8 @@ def test_every_protocol_option_exists():
                                        "hello_storage_timeout",
                                        "ddb_lean_calls", "durable_direct", "sweep_interval",
                                        "megaphone_api_url", "megaphone_api_token",
-                                       "megaphone_poll_interval"}
+                                       "megaphone_poll_interval", "broadcast_tablename",
+                                       "megaphone_broadcaster_tokens", "megaphone_reader_token"}
 
 
 def test_crypto_key_unset_by_default():
