@@ -144,7 +144,8 @@ def cmd_broadcast_set(settings, args):
         print(f"connnode: broadcast id {args.id!r}: expected <broadcaster>/<bchannel>",
               file=sys.stderr)
         return 2
-    token = settings.megaphone_broadcaster_tokens.get(broadcaster)
+    token = settings.megaphone_broadcaster_tokens.get(broadcaster) or (
+        _run_secret(settings, "broadcaster_token") if broadcaster == RUN_BROADCASTER else None)
     if not token:
         print(f"connnode: no token for broadcaster {broadcaster!r} in "
               "megaphone_broadcaster_tokens (name=TOKEN,...)", file=sys.stderr)
@@ -157,12 +158,18 @@ def cmd_broadcast_set(settings, args):
     return 0
 
 
+def _run_secret(settings, name):
+    """A token ``make run`` generated into data_dir, or None."""
+    path = Path(settings.data_dir) / name
+    return path.read_text().strip() if path.is_file() else None
+
+
 def cmd_broadcast_list(settings, args):
-    if not settings.megaphone_reader_token:
+    reader = settings.megaphone_reader_token or _run_secret(settings, "megaphone_token")
+    if not reader:
         print("connnode: megaphone_reader_token is not set", file=sys.stderr)
         return 2
-    answer = _broadcast_call(settings, "GET", "/v1/broadcasts", settings.megaphone_reader_token,
-                             "megaphone_reader_token")
+    answer = _broadcast_call(settings, "GET", "/v1/broadcasts", reader, "megaphone_reader_token")
     if answer is None:
         return 1
     for broadcast_id, version in sorted((answer.get("broadcasts") or {}).items()):
@@ -196,19 +203,49 @@ def cmd_dynalite(settings, args):
     os.execv(command[0], command)
 
 
+def _kept_secret(settings, name, make):
+    """A secret generated once into data_dir/<name> (mode 0600) and kept."""
+    path = Path(settings.data_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make() + "\n")
+    return path.read_text().strip()
+
+
 def ensure_crypto_key(settings):
     """Under ``make run`` without a configured key: generate one once and keep
     it in data_dir, so endpoint URLs stay valid across restarts."""
     if settings.crypto_key:
         return settings.crypto_key
     from cryptography.fernet import Fernet
-    path = Path(settings.data_dir) / "crypto_key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(Fernet.generate_key().decode("ascii") + "\n")
-    return path.read_text().strip()
+    return _kept_secret(settings, "crypto_key", lambda: Fernet.generate_key().decode("ascii"))
+
+
+#: The broadcaster ``make run`` gives a token when none is configured
+#: (Firefox subscribes to remote-settings/monitor_changes at every connect).
+RUN_BROADCASTER = "remote-settings"
+
+
+def megaphone_run_env(settings):
+    """Under ``make run``: broadcasts on, the connection nodes polling the
+    local endpoint node's /v1/broadcasts, with tokens generated once into
+    data_dir (``megaphone_token``: reading; ``broadcaster_token``: PUT for
+    ``remote-settings``). What the operator configured is kept."""
+    import secrets
+
+    env = {}
+    reader = settings.megaphone_reader_token or _kept_secret(
+        settings, "megaphone_token", lambda: secrets.token_urlsafe(24))
+    env["CONNNODE_MEGAPHONE_READER_TOKEN"] = reader
+    if not settings.megaphone_api_url:
+        env["CONNNODE_MEGAPHONE_API_URL"] = f"http://127.0.0.1:{settings.endpoint_port}/v1/broadcasts"
+        env["CONNNODE_MEGAPHONE_API_TOKEN"] = reader
+    if not settings.megaphone_broadcaster_tokens:
+        token = _kept_secret(settings, "broadcaster_token", lambda: secrets.token_urlsafe(24))
+        env["CONNNODE_MEGAPHONE_BROADCASTER_TOKENS"] = f"{RUN_BROADCASTER}={token}"
+    return env
 
 
 def cmd_run(settings, args):
@@ -221,6 +258,7 @@ def cmd_run(settings, args):
     (run_dir / "log").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["CONNNODE_CRYPTO_KEY"] = ensure_crypto_key(settings)
+    env.update(megaphone_run_env(settings))
     embedded = not settings.aws_ddb_endpoint
     if embedded:
         refusal = _embedded_port_refusal(settings)
@@ -244,6 +282,8 @@ def cmd_run(settings, args):
   router ports (private): {routers}
   DynamoDB:              {env["CONNNODE_AWS_DDB_ENDPOINT"] if embedded else settings.aws_ddb_endpoint}"""
           f"""{" (embedded dynalite, data in " + str(run_dir / "ddb") + ")" if embedded else ""}
+  broadcasts (Megaphone): {settings.endpoint_url}/v1/broadcasts (tokens in {run_dir}/megaphone_token
+                         and {run_dir}/broadcaster_token, unless configured)
   logs:                  {run_dir / "log"}/*.log
 Stop with Ctrl-C (or SIGTERM to this process): everything stops, nodes first.""", flush=True)
     supervisord = shutil.which("supervisord", path=str(bin_dir)) or "supervisord"

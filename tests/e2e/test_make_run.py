@@ -29,7 +29,11 @@ def test_make_run_serves_and_stops_cleanly(tmp_path):
         "CONNNODE_HOSTNAME": "127.0.0.1",
         "CONNNODE_STATSD_HOST": "",
         "WEB_CONCURRENCY": "1",
+        "CONNNODE_MEGAPHONE_POLL_INTERVAL": "1",
     })
+    for name in ("MEGAPHONE_API_URL", "MEGAPHONE_API_TOKEN", "MEGAPHONE_READER_TOKEN",
+                 "MEGAPHONE_BROADCASTER_TOKENS"):
+        env.pop(f"CONNNODE_{name}", None)
     endpoint = f"http://127.0.0.1:{ports['endpoint_port']}"
     make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -52,6 +56,34 @@ def test_make_run_serves_and_stops_cleanly(tmp_path):
         assert response.status_code == 201, response.text
         assert decrypt(browser.recv(), private_key, auth) == b"over make run"
         browser.close()
+
+        # Broadcasts as an operator tries them: a version is PUT with the
+        # token make run generated; a client that subscribed before the next
+        # PUT gets the broadcast frame within the poll interval, and a later
+        # hello naming the old version gets the delta.
+        channel = "remote-settings/monitor_changes"
+        token = (tmp_path / "var" / "broadcaster_token").read_text().strip()
+
+        def put_version(version):
+            answer = requests.put(f"{endpoint}/v1/broadcasts/{channel}", data=version, timeout=5,
+                                  headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200 and answer.json() == {"code": 200}
+        put_version(b"v0")
+        deadline = time.monotonic() + 10
+        while True:  # until the node has polled v0: the hello then has no delta
+            subscriber = PushClient(f"ws://127.0.0.1:{ports['port']}/")
+            if subscriber.hello(broadcasts={channel: "v0"})["broadcasts"] == {}:
+                break
+            subscriber.close()
+            assert time.monotonic() < deadline, "the node never polled the first version"
+            time.sleep(0.2)
+        put_version(b"v1")
+        frame = subscriber.recv(timeout=10)
+        assert frame == {"messageType": "broadcast", "broadcasts": {channel: "v1"}}
+        subscriber.close()
+        late = PushClient(f"ws://127.0.0.1:{ports['port']}/")
+        assert late.hello(broadcasts={channel: "v0"})["broadcasts"] == {channel: "v1"}
+        late.close()
 
         supervisord = int(pid_file.read_text())
         service = [supervisord] + descendant_pids(supervisord)
