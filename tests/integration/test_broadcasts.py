@@ -124,3 +124,45 @@ def test_a_failed_poll_keeps_the_last_versions(setup):
     assert any(line.startswith("megaphone.poll.error;reason=connect:") for line in lines), lines
     fresh = client()
     assert fresh.hello(broadcasts={MONITOR: '"1"'})["broadcasts"] == {MONITOR: '"7"'}
+
+
+def test_every_worker_of_every_node_sees_a_change(dynalite, tmp_path):
+    """Two nodes, one of them with two workers, poll the same service: a
+    change reaches clients on all three workers within a poll interval."""
+    suffix = uuid.uuid4().hex[:8]
+    tables = {"router": f"router_{suffix}", "message": f"message_{suffix}"}
+    storage = Storage(make_settings(dynalite, router_tablename=tables["router"],
+                                    message_tablename=tables["message"]))
+    storage.create_tables()
+    megaphone = Megaphone({MONITOR: '"1"'})
+    options = {"hello_timeout": 5, "megaphone_api_url": megaphone.url,
+               "megaphone_api_token": TOKEN, "megaphone_poll_interval": 1}
+    nodes = [ConnectionNode(dynalite, tables, workers=2, log_path=tmp_path / "cn0.log",
+                            **options).start(),
+             ConnectionNode(dynalite, tables, log_path=tmp_path / "cn1.log", **options).start()]
+    clients = {}  # router URL of the worker holding it -> client
+    try:
+        megaphone.wait_poll()
+        wanted = {nodes[0].router_url(0), nodes[0].router_url(1), nodes[1].router_url(0)}
+        for attempt in range(60):  # gunicorn decides which worker accepts
+            node = nodes[attempt % 2]
+            made = PushClient(node.ws_url)
+            made.hello(broadcasts={MONITOR: '"1"'})
+            holder = storage.router.get_uaid(made.uaid)["node_id"]
+            if holder in wanted and holder not in clients:
+                clients[holder] = made
+            else:
+                made.close()
+            if set(clients) == wanted:
+                break
+        assert set(clients) == wanted, f"clients on {sorted(clients)} only"
+        megaphone.versions[MONITOR] = '"2"'
+        change = {"messageType": "broadcast", "broadcasts": {MONITOR: '"2"'}}
+        for holder, made in clients.items():
+            assert made.recv(timeout=WAIT) == change, holder
+    finally:
+        for made in clients.values():
+            made.close()
+        for node in nodes:
+            node.stop()
+        megaphone.stop()
