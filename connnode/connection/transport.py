@@ -6,11 +6,10 @@ this module owns the socket side of one WebSocket (PROTOCOL.md 2.1, 2.2, 2.12,
 
 * :class:`Transport` is the connection as the Session sees it: ``send`` text
   frames under one send lock, ``ping``, ``close`` with a real status code,
-  ``abort``, the ``busy`` back-pressure flag, and ``next_message``, a bounded
-  frame reader that returns complete text messages and enforces the close
-  codes 1002 / 1003 / 1007 / 1009 itself. It does the reading; the rules
-  (header parsing, the checks, the close payload) are the pure functions of
-  ``frames.py``, and every close code comes from ``closes.py``.
+  ``abort``, the ``busy`` back-pressure flag and the close deadlines. Its
+  reading half, ``next_message`` (a bounded frame reader enforcing the close
+  codes 1002 / 1003 / 1007 / 1009 itself), is the ``FrameReader`` mixin of
+  ``reader.py``; every close code comes from ``closes.py``.
 * :func:`serve_connection` runs one WebSocket to its end: read loop, session
   callbacks, close handshake and the close-handshake safety abort.
 
@@ -34,12 +33,11 @@ from gevent.lock import Semaphore
 from gevent.monkey import get_original
 
 from connnode.connection.closes import Close
-from connnode.connection.frames import (
-    MAX_CONTROL_PAYLOAD, NO_STATUS_CODE, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, PING_FRAME,
-    FrameViolation, _frame, _unmask, check_frame, close_frame, extended_length_size,
-    parse_close_payload, parse_extended_length, parse_header,
-)
+from connnode.connection.frames import OP_TEXT, PING_FRAME, _frame, close_frame
 from connnode.connection.handler import release_http_state
+from connnode.connection.reader import (
+    _CLOSING, _DEAD, _PEER_CLOSED, _PINGED, _PONG_SEEN, _STOP_SENDING, _TORN_DOWN, FrameReader,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +46,12 @@ log = logging.getLogger(__name__)
 #: may monkeypatch it, or pass ``close_safety`` to :func:`serve_connection`.
 CLOSE_SAFETY_SECONDS = 10.0
 
-_DISCARD_CHUNK = 16384
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
 _INT_ZERO = b"\0\0\0\0"
 _poll = get_original("select", "poll")  # the real one: poll(0) never yields
 _POLLOUT = select.POLLOUT
 
-# Transport._flags bits.
-_CLOSING = 0x01      # our close frame is sent (or queued), or the socket is dropped
-_PEER_CLOSED = 0x02  # the peer's close frame arrived
-_DEAD = 0x04         # EOF, socket error, or aborted: nothing more can be read or sent
-_PONG_SEEN = 0x08    # a PONG arrived since the last ping()
-_PINGED = 0x10       # ping() was called at least once
-_TORN_DOWN = 0x20    # serve_connection has finished with the socket
-_STOP_SENDING = _CLOSING | _PEER_CLOSED | _DEAD
-
-
-class _EndOfStream(Exception):
-    """The peer closed TCP (possibly in the middle of a frame)."""
-
-
-class Transport:
+class Transport(FrameReader):
     """One WebSocket connection as the Session sees it.
 
     ``send``/``ping``/``close``/``abort`` may be called from any greenlet;
@@ -333,136 +316,6 @@ class Transport:
             self._timer = None
             timer.stop()
             timer.close()
-
-    # -- reading ------------------------------------------------------------
-    # The bytes come from the socket here; what they mean is decided by the
-    # pure functions of frames.py.
-
-    def _read_exact(self, n):
-        data = self._reader.read(n)
-        if len(data) != n:
-            raise _EndOfStream()
-        return data
-
-    def _read_header(self):
-        """Read a frame's first two bytes: ``(fin, rsv, opcode, masked,
-        length_code)`` (:func:`~connnode.connection.frames.parse_header`)."""
-        head = self._reader.read(2)
-        if len(head) != 2:
-            raise _EndOfStream()
-        return parse_header(head)
-
-    def _next_frame(self, in_message, size):
-        """Read one frame, checking everything before the payload is read.
-
-        ``in_message``: a fragmented text message is open; ``size``: its
-        bytes so far. Returns (opcode, fin, unmasked payload).
-        """
-        fin, rsv, opcode, masked, length = self._read_header()
-        if length > 125:  # 126 or 127: the real length follows
-            length = parse_extended_length(self._read_exact(extended_length_size(length)))
-        check_frame(opcode, fin, rsv, masked, length, in_message, size, self._max_frame)
-        mask = self._read_exact(4)
-        payload = self._read_exact(length) if length else b""
-        return opcode, fin, _unmask(payload, mask)
-
-    def next_message(self):
-        """The next complete text message, or None once reading has ended.
-
-        Answers PINGs, records PONGs, answers the peer's close frame, and on
-        any violation sends the matching close code and ends. Never holds
-        more than ``max_frame_bytes`` of message payload. Ends as soon as
-        closing has begun (our close frame sent from anywhere); the rest of
-        the close handshake is :meth:`finish`'s job.
-
-        A plain method, not a generator, for memory: an idle connection's
-        greenlet sits blocked in here, and a generator resumed from the
-        caller's ``for`` loop adds a C-level interpreter frame to the C stack
-        greenlet saves (copies to the heap) for every idle connection.
-        """
-        parts = None
-        size = 0
-        try:
-            while not self._flags & _STOP_SENDING:
-                opcode, fin, payload = self._next_frame(parts is not None, size)
-                if opcode == OP_PING:
-                    self._send_frame(_frame(OP_PONG, payload))
-                    continue
-                if opcode == OP_PONG:
-                    self._flags |= _PONG_SEEN
-                    continue
-                if opcode == OP_CLOSE:
-                    self._on_peer_close(payload)
-                    return None
-                if self._flags & _CLOSING:
-                    # Closed from another greenlet while this frame arrived.
-                    return None
-                if not fin:
-                    if parts is None:
-                        parts = []
-                    parts.append(payload)
-                    size += len(payload)
-                    continue
-                if parts is not None:
-                    parts.append(payload)
-                    payload = b"".join(parts)
-                try:
-                    return payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise FrameViolation(Close.INVALID_UTF8)
-        except FrameViolation as violation:
-            # No local for the row: this frame stays alive for every idle client.
-            log.debug("closing the connection: %s", violation.row.reason)
-            self._skip = violation.skip
-            self.close(violation.row.code, violation.row.reason)
-        except (_EndOfStream, OSError, ValueError):
-            # EOF, reset, or the socket was closed under us (abort()).
-            self._flags |= _DEAD
-        return None
-
-    def _on_peer_close(self, payload):
-        """The peer's close frame: answer it (echoing a valid code) and end."""
-        self._flags |= _PEER_CLOSED
-        code, row = parse_close_payload(payload)
-        self.peer_close_code = code
-        if row is None:
-            self.close(code)  # the echo: the one close not in the table
-        else:
-            self.close(row.code, row.reason)
-
-    def _discard(self, n):
-        read = self._reader.read
-        while n > 0:
-            chunk = read(min(n, _DISCARD_CHUNK))
-            if not chunk:
-                raise _EndOfStream()
-            n -= len(chunk)
-
-    def _await_peer_close(self):
-        """After our close frame: discard frames until the peer's close frame.
-
-        Bounded by the close timer, which aborts the socket (waking this
-        read) when ``close_handshake_timeout`` or the safety limit passes.
-        """
-        try:
-            self._discard(self._skip)
-            self._skip = 0
-            while True:
-                _fin, _rsv, opcode, masked, length = self._read_header()
-                if length > 125:
-                    length = parse_extended_length(self._read_exact(extended_length_size(length)))
-                if opcode == OP_CLOSE and masked and length <= MAX_CONTROL_PAYLOAD:
-                    mask = self._read_exact(4)
-                    payload = _unmask(self._read_exact(length), mask) if length else b""
-                    self._flags |= _PEER_CLOSED
-                    self.peer_close_code = (struct.unpack("!H", payload[:2])[0] if len(payload) >= 2
-                                            else NO_STATUS_CODE)
-                    return
-                if opcode >= 0x8 and length > MAX_CONTROL_PAYLOAD:
-                    return  # framing is not trustworthy; tear down now
-                self._discard(length + (4 if masked else 0))
-        except (_EndOfStream, OSError, ValueError):
-            self._flags |= _DEAD
 
     def handshake_done(self):
         """Nothing is left to exchange: TCP is gone, or both close frames
