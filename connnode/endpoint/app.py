@@ -52,6 +52,7 @@ from werkzeug.exceptions import HTTPException
 from connnode.crypto import LEGACY_PREFIX, TOPIC_PREFIX, InvalidTokenError
 from connnode.db.dynamo import StorageError
 from connnode.encoding import b64url_encode, compact_json
+from connnode.endpoint.body import read_body
 from connnode.endpoint.broadcasts import broadcast_routes
 from connnode.endpoint.delivery import Delivery
 from connnode.endpoint.errors import EndpointError, error_response, storage_error
@@ -67,19 +68,6 @@ CORS_ALLOW_HEADERS = ("content-encoding,encryption,crypto-key,ttl,encryption-key
                       "content-type,authorization,topic,urgency")
 CORS_EXPOSE_HEADERS = "location,www-authenticate"
 KEY_BOUND_VERSIONS = {"v1": False, "v2": True}
-
-
-def read_body(stream, limit):
-    """At most ``limit + 1`` bytes of ``stream`` (enough to tell "too large")."""
-    chunks = []
-    size = 0
-    while size <= limit:
-        chunk = stream.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _pad(text):

@@ -24,6 +24,7 @@ import re
 from flask import request
 
 from connnode.db.dynamo import StorageError
+from connnode.endpoint.body import read_body
 from connnode.endpoint.errors import EndpointError, storage_error
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class BroadcastAPI:
                 raise _unauthorized()
             if content_length is not None and content_length > MAX_VERSION_BYTES:
                 raise EndpointError(400, None, f"Version over {MAX_VERSION_CHARS} characters")
-            version = parse_version(_read(stream, MAX_VERSION_BYTES))
+            version = parse_version(read_body(stream, MAX_VERSION_BYTES))
             try:
                 self.storage.broadcasts.set(broadcast_id, version)
             except StorageError as exc:
@@ -128,17 +129,6 @@ def _error(exc):
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"  # not VAPID: this API takes bearer tokens
     return status, headers, body
-
-
-def _read(stream, limit):
-    chunks, size = [], 0
-    while size <= limit:
-        chunk = stream.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def broadcast_routes(app, storage, settings, respond):
