@@ -11,6 +11,7 @@ from connnode.encoding import compact_json
 from connnode.protocol import is_json_int
 
 CHANNEL_ROW_KEY = " "
+_ABSENT = object()
 # A DynamoDB table name (3-255 of [a-zA-Z0-9_.-]).
 _is_table_name = re.compile(r"[A-Za-z0-9_.-]{3,255}").fullmatch
 
@@ -91,9 +92,13 @@ class Notification:
         chid, version = body.get("channelID"), body.get("version")
         if not isinstance(chid, str) or not isinstance(version, str):
             raise ValueError("channelID and version must be strings")
-        now = time.time() if now is None else now
-        ttl, timestamp = body.get("ttl", 0), body.get("timestamp", int(now))
+        ttl, timestamp = body.get("ttl", 0), body.get("timestamp", _ABSENT)
         topic, skt = body.get("topic"), body.get("sortkey_timestamp")
+        if timestamp is _ABSENT or (topic is None and skt is None):
+            # Only a minimal body needs the clock (not the endpoint's full one).
+            now = time.time() if now is None else now
+            if timestamp is _ABSENT:
+                timestamp = int(now)
         data, headers = body.get("data"), body.get("headers")
         stored_in = body.get("stored_in")
         if stored_in is not None and not (isinstance(stored_in, str) and _is_table_name(stored_in)):
