@@ -172,6 +172,30 @@ class FakeRouter:
         self.records[uaid] = {**old, **record}
         return True, dict(old)
 
+    def resume_user(self, uaid, node_id, connected_at, expiry):
+        """``RouterTable.resume_user``: the write needs a ``webpush`` record
+        with no node_id or an older connected_at; refused, the record as it
+        is now (a copy) or None, and success when it names this very
+        connection (a retried write)."""
+        self._op("resume_user", uaid, node_id, connected_at)
+        old = self.records.get(uaid)
+        if old is None or old.get("router_type") != "webpush" or not (
+                "node_id" not in old or ("connected_at" in old and old["connected_at"] < connected_at)):
+            if old is None:
+                return False, None
+            ours = old.get("node_id") == node_id and old.get("connected_at") == connected_at
+            return ours, dict(old)
+        self.records[uaid] = dict(old, node_id=node_id, connected_at=connected_at, expiry=expiry)
+        return True, dict(old)
+
+    def refresh_last_connect(self, uaid, node_id, connected_at, now=None):
+        self._op("refresh_last_connect", uaid)
+        record = self.records.get(uaid)
+        if record is None or record.get("node_id") != node_id or record.get("connected_at") != connected_at:
+            return False
+        record["last_connect"] = fresh_last_connect(now)
+        return True
+
     def drop_user(self, uaid):
         self._op("drop_user", uaid)
         return self.records.pop(uaid, None) is not None

@@ -196,16 +196,7 @@ class Session(Drain):
         deadline = gevent.Timeout(ctx.settings.hello_storage_timeout or None)
         deadline.start()
         try:
-            record, resumed = self._pick_record(hello.uaid)
-            if self.closing:
-                return
-            claimed, previous = ctx.registry.claim(self)
-            if not claimed:
-                self._already_connected()
-                return
-            if previous is not None:
-                gevent.spawn(previous.close, Close.SUPERSEDED)
-            written, old = ctx.storage.router.register_user(record)
+            written, resumed, old = self._write_record(hello.uaid)
         except ThroughputError:
             self._hello_overloaded()
             return
@@ -225,7 +216,6 @@ class Session(Drain):
         if self.closing:
             return
         if not written:
-            ctx.registry.release(self)
             self._already_connected()
             return
         old_node, old_connected_at = old.get("node_id"), old.get("connected_at")
@@ -251,39 +241,88 @@ class Session(Drain):
             # for it exists yet), so its check would be two empty Queries.
             self.start_check()
 
-    def _pick_record(self, uaid):
-        """(router record to write, resumed): a resumed user or a new one (2.4 steps 1-2)."""
+    def _write_record(self, uaid):
+        """2.4 steps 1-4: claim a uaid locally and write its router record.
+        Returns (written, resumed, the record before the write); not written
+        (the claim released) when another connection is newer."""
+        if uaid:
+            # A close of this uaid moments ago may still be writing (saves,
+            # acks, the msg_limit decision): write the record after them.
+            self.ctx.pending.wait_idle(uaid)
+            outcome = self._resume(uaid)
+            if outcome is not None:
+                return outcome
+            if self.closing:
+                return False, True, {}
+        return self._create()
+
+    def _claim(self):
+        """Hold ``self.uaid`` in this worker; False when a newer holder has it."""
+        claimed, previous = self.ctx.registry.claim(self)
+        if previous is not None:
+            gevent.spawn(previous.close, Close.SUPERSEDED)
+        return claimed
+
+    def _resume(self, uaid):
+        """A known user keeps its uaid: (written, True, old record), or None
+        for a new user when the record is missing or unusable (2.4 step 1).
+        The record is written first and judged from what the write returns
+        (one storage call instead of a read and a write; README Decisions)."""
+        ctx = self.ctx
+        storage = ctx.storage
+        self.uaid = uaid
+        if not self._claim():
+            return False, True, {}
+        now = time.time()
+        written, stored = storage.router.resume_user(
+            uaid, ctx.node_id, self.connected_at, int(now) + ctx.settings.max_ttl)
+        if stored is None:
+            ctx.registry.release(self)
+            return None
+        if "router_type" not in stored or "connected_at" not in stored:
+            unusable = "104"
+        else:
+            unusable = None if storage.month_usable(stored) else "105"
+        if unusable:
+            ctx.registry.release(self)
+            self._drop_unusable(uaid, unusable)
+            return None
+        if not written:
+            ctx.registry.release(self)
+            return False, True, {}
+        self.table = storage.message_table(stored["current_month"])
+        self.rotation_pending = stored["current_month"] != storage.rotation.current
+        self.reset_pending = int(stored.get("record_version") or 0) < 1
+        if not str(stored.get("last_connect", "")).startswith(time.strftime("%Y%m", time.gmtime(now))):
+            gevent.spawn(self._refresh_last_connect, now)
+        return True, True, stored
+
+    def _refresh_last_connect(self, now):
+        """The first hello of a month refreshes ``last_connect`` (2.4 step 1),
+        after the reply: it feeds the monthly GSI only."""
+        try:
+            self.ctx.storage.router.refresh_last_connect(self.uaid, self.ctx.node_id,
+                                                         self.connected_at, now)
+        except StorageError as exc:
+            log.warning("last_connect refresh failed: %s", exc)
+
+    def _create(self):
+        """A new user (2.4 step 2): a fresh uaid and its record."""
         ctx = self.ctx
         storage = ctx.storage
         now = time.time()
-        base = {"node_id": ctx.node_id, "connected_at": self.connected_at,
-                "expiry": int(now) + ctx.settings.max_ttl}
-        if uaid:
-            # A close of this uaid moments ago may still be writing (saves,
-            # acks, the msg_limit decision): read the record after them.
-            ctx.pending.wait_idle(uaid)
-        stored = storage.router.get_uaid(uaid) if uaid else None
-        if stored is not None:
-            if "router_type" not in stored or "connected_at" not in stored:
-                self._drop_unusable(uaid, "104")
-            elif not storage.month_usable(stored):
-                self._drop_unusable(uaid, "105")
-            else:
-                self.uaid = uaid
-                record = dict(stored, **base)
-                last_connect = str(stored.get("last_connect", ""))
-                if last_connect.startswith(time.strftime("%Y%m", time.gmtime(now))):
-                    record.pop("last_connect", None)
-                else:
-                    record["last_connect"] = fresh_last_connect(now)
-                self.table = storage.message_table(stored["current_month"])
-                self.rotation_pending = stored["current_month"] != storage.rotation.current
-                self.reset_pending = int(stored.get("record_version") or 0) < 1
-                return record, True
         self.uaid = uuid.uuid4().hex
         self.table = storage.current_table
-        return dict(base, uaid=self.uaid, router_type="webpush", last_connect=fresh_last_connect(now),
-                    record_version=1, current_month=storage.rotation.current), False
+        if not self._claim():
+            return False, False, {}
+        record = {"uaid": self.uaid, "node_id": ctx.node_id, "connected_at": self.connected_at,
+                  "expiry": int(now) + ctx.settings.max_ttl, "router_type": "webpush",
+                  "last_connect": fresh_last_connect(now), "record_version": 1,
+                  "current_month": storage.rotation.current}
+        written, old = storage.router.register_user(record)
+        if not written:
+            ctx.registry.release(self)
+        return written, False, old
 
     def _drop_unusable(self, uaid, code):
         self._metric("ua.expiration", tags={"code": code})

@@ -85,6 +85,56 @@ class RouterTable:
             old["uaid"] = record["uaid"]
         return True, old
 
+    def resume_user(self, uaid, node_id, connected_at, expiry):
+        """A resumed hello's write, without reading first: one conditional
+        UpdateItem that moves ``uaid`` to this connection and returns the
+        record as it was (see the README's Decisions, "a resumed hello
+        writes first").
+
+        Returns (True, the record before the write) or (False, the record
+        as it is now, None when there is none). The write needs an existing
+        ``webpush`` record whose connection is older than ``connected_at``;
+        it touches nothing but ``node_id``, ``connected_at`` and ``expiry``.
+        When it is refused the record is read back: one that names this very
+        connection is the success of an earlier attempt of this write
+        (botocore's retry after a read timeout), (True, that record)."""
+        values = {":node_id": to_attr(node_id), ":connected_at": to_attr(connected_at),
+                  ":expiry": to_attr(expiry), ":router_type": to_attr("webpush")}
+        try:
+            result = self.dynamo.call(
+                "update_item", TableName=self.name, Key=self._key(uaid),
+                UpdateExpression="SET #node_id = :node_id, #connected_at = :connected_at, "
+                                 "#expiry = :expiry",
+                ConditionExpression="#router_type = :router_type AND "
+                                    "(attribute_not_exists(#node_id) OR #connected_at < :connected_at)",
+                ExpressionAttributeNames=attr_names("node_id", "connected_at", "expiry",
+                                                    "router_type"),
+                ExpressionAttributeValues=values, ReturnValues="ALL_OLD")
+        except ConditionFailed:
+            current = self.get_uaid(uaid)
+            ours = current is not None and current.get("node_id") == node_id \
+                and current.get("connected_at") == connected_at
+            return ours, current
+        old = from_item(result.get("Attributes", {}))
+        old["uaid"] = uaid
+        return True, old
+
+    def refresh_last_connect(self, uaid, node_id, connected_at, now=None):
+        """SET a fresh ``last_connect`` (6.2) while the record still names
+        this connection; False when it no longer does."""
+        try:
+            self.dynamo.call(
+                "update_item", TableName=self.name, Key=self._key(uaid),
+                UpdateExpression="SET #last_connect = :last_connect",
+                ConditionExpression="#node_id = :node AND #connected_at = :conn",
+                ExpressionAttributeNames=attr_names("last_connect", "node_id", "connected_at"),
+                ExpressionAttributeValues={":last_connect": to_attr(fresh_last_connect(now)),
+                                           ":node": to_attr(node_id),
+                                           ":conn": to_attr(int(connected_at))})
+        except ConditionFailed:
+            return False
+        return True
+
     def drop_user(self, uaid):
         key = self._key(uaid)
         found = self.dynamo.call("get_item", TableName=self.name, Key=key, ConsistentRead=True)

@@ -87,6 +87,41 @@ def test_register_user_recognises_its_own_earlier_success(storage):
     assert router_item(storage, uaid)["node_id"] == "http://127.0.0.1:8100"
 
 
+def test_resume_user_writes_only_the_connection_and_returns_the_old_record(storage):
+    uaid = new_uaid()
+    assert storage.router.resume_user(uaid, "http://n2:8100", 2000, 2000000005) == (False, None)
+    assert storage.router.get_uaid(uaid) is None  # a missing record is not created
+    storage.router.register_user(record(uaid, 1000))
+    written, old = storage.router.resume_user(uaid, "http://n2:8100", 2000, 2000000005)
+    assert written and old == record(uaid, 1000)
+    assert router_item(storage, uaid) == record(uaid, 2000, node_id="http://n2:8100",
+                                                expiry=2000000005)
+    # an older connection is refused and sees the record as it is
+    assert storage.router.resume_user(uaid, "http://n3:8100", 1500, 1) == \
+        (False, record(uaid, 2000, node_id="http://n2:8100", expiry=2000000005))
+    # the same write again (a retry whose first attempt landed) is success
+    assert storage.router.resume_user(uaid, "http://n2:8100", 2000, 2000000005)[0] is True
+    # after clear_node, any connection may take it
+    assert storage.router.clear_node(storage.router.get_uaid(uaid))
+    assert storage.router.resume_user(uaid, "http://n3:8100", 10, 2000000006)[0] is True
+
+
+def test_resume_user_refuses_a_record_of_another_router_type(storage):
+    uaid = new_uaid()
+    storage.router.register_user(record(uaid, 1000, router_type="gcm"))
+    written, current = storage.router.resume_user(uaid, "http://n2:8100", 2000, 2000000005)
+    assert not written and current["router_type"] == "gcm"
+
+
+def test_refresh_last_connect_only_while_the_record_names_the_connection(storage):
+    uaid = new_uaid()
+    storage.router.register_user(record(uaid, 1000))
+    assert storage.router.refresh_last_connect(uaid, "http://127.0.0.1:8100", 1000,
+                                               now=1718000000) is True
+    assert str(router_item(storage, uaid)["last_connect"]).startswith("202406")
+    assert storage.router.refresh_last_connect(uaid, "http://127.0.0.1:8100", 999) is False
+
+
 def test_register_user_after_clear_node_accepts_older_connection(storage):
     uaid = new_uaid()
     storage.router.register_user(record(uaid, 5000))

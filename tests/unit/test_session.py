@@ -195,6 +195,67 @@ def test_hello_resumes_known_uaid_and_drains_after_the_reply(ctx):
     assert ctx.peers.calls == []  # the old record named no node
 
 
+def test_resumed_hello_writes_once_and_keeps_the_rest_of_the_record(ctx):
+    month = time.strftime("%Y%m", time.gmtime())
+    uaid = known_user(ctx, last_connect=int(month + "010007"), record_version=1)
+    before = dict(ctx.storage.router.records[uaid])
+    session, transport = connect(ctx)
+    assert hello(session, transport, uaid)["uaid"] == uaid
+    assert [name for name, _ in ctx.storage.calls][:1] == ["resume_user"]
+    assert "get_uaid" not in [name for name, _ in ctx.storage.calls]
+    record = ctx.storage.router.records[uaid]
+    assert {k: record[k] for k in ("current_month", "record_version", "last_connect", "router_type")} \
+        == {k: before[k] for k in ("current_month", "record_version", "last_connect", "router_type")}
+    assert (record["node_id"], record["connected_at"]) == (NODE_ID, session.connected_at)
+    assert not ctx.storage.called("refresh_last_connect")  # already this month's
+
+
+def test_first_hello_of_a_month_refreshes_last_connect(ctx):
+    uaid = known_user(ctx, last_connect=202001010007)
+    session, transport = connect(ctx)
+    assert hello(session, transport, uaid)["uaid"] == uaid
+    wait_until(lambda: ctx.storage.called("refresh_last_connect"))
+    month = time.strftime("%Y%m", time.gmtime())
+    assert str(ctx.storage.router.records[uaid]["last_connect"]).startswith(month)
+
+
+@pytest.mark.parametrize("fields,code", [
+    ({"connected_at": None}, "104"),
+    ({"router_type": None}, "104"),
+    ({"current_month": None}, "105"),
+    ({"current_month": "message_1999_01"}, "105"),
+])
+def test_resumed_hello_with_an_unusable_record_drops_it_and_mints_a_uaid(ctx, fields, code):
+    uaid = known_user(ctx)
+    for name, value in fields.items():
+        if value is None:
+            del ctx.storage.router.records[uaid][name]
+        else:
+            ctx.storage.router.records[uaid][name] = value
+    session, transport = connect(ctx)
+    new = hello(session, transport, uaid)["uaid"]
+    assert new != uaid and ctx.registry.get(new) is session and ctx.registry.get(uaid) is None
+    assert [tags["code"] for name, _, tags in ctx.metrics.calls if name == "ua.expiration"] == [code]
+    wait_until(lambda: uaid not in ctx.storage.router.records)
+    assert ctx.storage.router.records[new]["node_id"] == NODE_ID
+
+
+def test_resumed_hello_retried_after_its_write_succeeded_is_resumed(ctx):
+    """botocore's retry of a write whose first attempt succeeded is refused
+    by its own condition; the record names this connection: success."""
+    uaid = known_user(ctx)
+    session, transport = connect(ctx)
+    real = ctx.storage.router.resume_user
+
+    def retried(*args):
+        real(*args)        # the first attempt: written, its answer lost
+        return real(*args)  # the retry: refused, the record read back
+    ctx.storage.router.resume_user = retried
+    reply = hello(session, transport, uaid)
+    assert (reply["status"], reply["uaid"]) == (200, uaid)
+    assert ctx.registry.get(uaid) is session
+
+
 def test_hello_evicts_the_previous_connection_on_another_node(ctx):
     uaid = known_user(ctx, node_id=OTHER_NODE, connected_at=1000)
     session, transport = connect(ctx)
@@ -243,7 +304,7 @@ def test_hello_without_use_webpush_is_401_and_1002(ctx, extra):
     assert ctx.storage.router.records == {} and len(ctx.registry) == 0
 
 
-@pytest.mark.parametrize("operation,resume", [("get_uaid", True), ("register_user", False)])
+@pytest.mark.parametrize("operation,resume", [("resume_user", True), ("register_user", False)])
 def test_hello_storage_error_is_503_error_and_1011(ctx, operation, resume):
     ctx.storage.fail(operation, StorageError("boom"))
     session, transport = connect(ctx)
@@ -253,7 +314,7 @@ def test_hello_storage_error_is_503_error_and_1011(ctx, operation, resume):
     assert ctx.storage.router.records == {} and len(ctx.registry) == 0
 
 
-@pytest.mark.parametrize("operation,resume", [("get_uaid", True), ("register_user", False)])
+@pytest.mark.parametrize("operation,resume", [("resume_user", True), ("register_user", False)])
 def test_hello_throughput_error_is_503_overloaded_and_1011(ctx, monkeypatch, operation, resume):
     monkeypatch.setattr(session_module, "HELLO_OVERLOAD_WAIT", (0, 0))
     ctx.storage.fail(operation, ThroughputError("ProvisionedThroughputExceededException"))
@@ -264,7 +325,7 @@ def test_hello_throughput_error_is_503_overloaded_and_1011(ctx, monkeypatch, ope
     assert ctx.storage.router.records == {} and len(ctx.registry) == 0
 
 
-@pytest.mark.parametrize("operation,resume", [("get_uaid", True), ("register_user", False)])
+@pytest.mark.parametrize("operation,resume", [("resume_user", True), ("register_user", False)])
 def test_hello_past_its_storage_deadline_is_503_overloaded_at_once(make_ctx, operation, resume):
     """A storage call that does not come back (a store buried by a connect
     storm, or a long wait for a storage turn) ends the hello at
