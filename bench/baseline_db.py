@@ -5,12 +5,10 @@ of their own, against the benchmark's dynalite.
     python -m bench.baseline_db drain '<json config>'
 
 ``storm`` (baseline of reconnect-storm): one greenlet per uaid in the file
-``uaids``, all spawned at once; each makes a ``register_user``-shaped
-conditional UpdateItem (the record a resumed hello writes, naming
-``node_id``) and one Query of its stored messages
-(``fetch_timestamp_messages``). With ``"full": true`` each greenlet makes
-every call a resumed hello makes instead: GetItem, UpdateItem, and the
-check's one Query of the partition (informational). Prints per-greenlet seconds to completion.
+``uaids``, all spawned at once; each makes the storage calls of a resumed
+hello: the conditional UpdateItem that moves the record to ``node_id``
+(``resume_user``) and the check's one Query of the (small) partition.
+Prints per-greenlet seconds to completion.
 
 ``drain`` (baseline of stored-drain): one greenlet fetches the stored
 messages of ``uaid`` the way the drain does: the topic-phase Query, then
@@ -30,7 +28,7 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 
-from bench.seed_db import router_record, storage_for  # noqa: E402
+from bench.seed_db import storage_for  # noqa: E402
 
 
 def storm(config):
@@ -39,23 +37,17 @@ def storm(config):
         uaids = json.load(handle)
     table = storage.current_table
     node_id = config["node_id"]
-    full = config.get("full", False)
+    expiry = int(time.time()) + storage.settings.max_ttl
     errors = []
     storage.router.get_uaid(uaids[0])  # open the client's first connection
 
     def one(uaid):
         try:
-            if full:
-                storage.router.get_uaid(uaid)
-            written, _ = storage.router.register_user(
-                router_record(storage, uaid, node_id, int(time.time() * 1000)))
+            written, _ = storage.router.resume_user(uaid, node_id, int(time.time() * 1000), expiry)
             if not written:
                 raise RuntimeError("condition failed")
-            if full:  # the node's check: one Query of the whole (small) partition
-                _, _, later = table.fetch_topic_phase(uaid)
-                items = table.timestamp_phase(uaid, later)[1] if later is not None else []
-            else:
-                _, items = table.fetch_timestamp_messages(uaid)
+            _, _, later = table.fetch_topic_phase(uaid)
+            items = table.timestamp_phase(uaid, later)[1] if later is not None else []
             if not items:
                 raise RuntimeError("no stored message")
             return time.monotonic() - started

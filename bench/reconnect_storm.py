@@ -14,11 +14,9 @@ not ack, so every repeat finds the same stored messages. Figure: seconds from
 the start to the last client done (and the median client).
 
 Baseline: ``baseline_db storm`` in its own process against the same dynalite:
-5,000 greenlets spawned at once, each one ``register_user``-shaped
-conditional UpdateItem plus one Query of its messages. Target: connection
-node <= 1.25x the baseline. For reference (no target), ``baseline_db`` also
-runs every storage call a resumed hello makes (GetItem, UpdateItem, the
-check's one Query) in the first repeat.
+5,000 greenlets spawned at once, each making the storage calls of a resumed
+hello (the conditional UpdateItem of ``resume_user`` and the check's one
+Query). Target: connection node <= 1.25x the baseline.
 """
 import os
 import tempfile
@@ -55,8 +53,8 @@ def storm_connnode(cn, fleet, uaids):
             "hello_makespan": hello[-1] if hello else None, "p50": percentile(done, 0.5)}
 
 
-def storm_baseline(db, full=False):
-    result = run_script("baseline_db", "storm", __import__("json").dumps(dict(db, full=full)),
+def storm_baseline(db):
+    result = run_script("baseline_db", "storm", __import__("json").dumps(db),
                         timeout=300, log_name=f"{NAME}-baseline")
     done = sorted(result["done"])
     return {"done": done, "failed": result["failed"], "errors": result["errors"],
@@ -73,7 +71,7 @@ def run(repeats=3):
     port, router_port = free_port(), free_port_block(2)
     node_id = f"http://127.0.0.1:{router_port}"
     fleet = None
-    samples = {"connnode": [], "baseline": [], "baseline_full": []}
+    samples = {"connnode": [], "baseline": []}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-storm-") as workdir:
             uaids_file = os.path.join(workdir, "uaids.json")
@@ -95,8 +93,6 @@ def run(repeats=3):
                 finally:
                     cn.kill()
                 samples["baseline"].append(storm_baseline(db))
-                if repeat == 0:
-                    samples["baseline_full"].append(storm_baseline(db, full=True))
     finally:
         if fleet is not None:
             fleet.stop()
@@ -112,8 +108,6 @@ def run(repeats=3):
             med("baseline", "makespan"), target=1.25, better="lower"),
         row("median client done", "s", med("connnode", "p50"), med("baseline", "p50")),
         row("all hello replies (no baseline)", "s", med("connnode", "hello_makespan"), None),
-        row("every call of a hello, bare (1 run; no target)", "s", med("connnode", "makespan"),
-            med("baseline_full", "makespan")),
         row("clients that failed, all repeats", "clients",
             sum(s["failed"] for s in samples["connnode"]),
             sum(s["failed"] for s in samples["baseline"])),
@@ -135,10 +129,9 @@ def run(repeats=3):
 def plot(samples):
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(7, 4))
-    colours = {"connnode": "C0", "baseline": "C1", "baseline_full": "C2"}
-    labels = {"connnode": "connection node", "baseline": "baseline (UpdateItem + Query)",
-              "baseline_full": "bare calls of a hello (Get+Update+Query)"}
-    for system in ("connnode", "baseline", "baseline_full"):
+    colours = {"connnode": "C0", "baseline": "C1"}
+    labels = {"connnode": "connection node", "baseline": "bare calls of a hello (UpdateItem + Query)"}
+    for system in ("connnode", "baseline"):
         for i, sample in enumerate(samples[system]):
             done = sample["done"]
             if not done:
