@@ -103,6 +103,8 @@ class Node:
         """Stop taking upgrades, close every client with 1001, wait (bounded)
         for the saves their closes started."""
         self.accepting = False
+        if self._megaphone is not None:  # no fan-out to sessions being closed
+            self._megaphone.kill(block=False)
         deadline = time.monotonic() + timeout
         for session in list(self.registry):
             record = {"uaid": session.uaid, "node_id": self.node_id,
@@ -113,7 +115,6 @@ class Node:
         while self.connections and time.monotonic() < deadline:
             gevent.sleep(0.05)
         return self.pending.wait_all(max(0.0, deadline - time.monotonic()))
-
 
     def _clear_node(self, record):
         try:
