@@ -13,11 +13,26 @@ router are left as pywsgi writes them: wrapping them measured slower.)
 ``OneWriteMixin`` holds what ``request()`` writes and sends it at the end of
 ``request()`` in one ``sendall``; writes of more than ``FLUSH_BYTES`` in all,
 non-bytes bodies and requests that wait for ``100 Continue`` go out as they
-come. ``one_write_pools()`` gives urllib3 pool classes that use it, for a
+come.
+
+The same connections skip urllib3's liveness check when they were used
+moments ago: before it reuses a pooled connection urllib3 polls its socket
+(``is_connection_dropped``: a ``poll()`` with timeout 0, which under gevent
+also starts and fires a timer), about 8 % of an endpoint worker's CPU at
+saturation (py-spy, ``bench.end_to_end``-shaped load). A connection used less
+than ``RECHECK_IDLE`` seconds ago counts as connected without the poll; the
+peers close idle keep-alive connections after seconds (node's http server,
+dynalite: 5 s; DynamoDB: longer), and a peer that closes one sooner makes
+the request fail as it could already between the poll and the write (the
+lean client retries it as botocore does, the node client stores the message
+instead).
+
+``one_write_pools()`` gives urllib3 pool classes that use it, for a
 ``PoolManager``'s ``pool_classes_by_scheme``; ``use_one_write(client)`` puts
 them into a boto3 client's connection pools.
 """
 import logging
+import time
 
 import urllib3.connection
 import urllib3.connectionpool
@@ -25,15 +40,29 @@ import urllib3.connectionpool
 log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 64 * 1024
+#: Seconds since its last request within which a connection is taken as
+#: connected without polling its socket.
+RECHECK_IDLE = 1.0
 
 
 class OneWriteMixin:
-    """Buffers the writes of one ``request()`` call; see the module doc."""
+    """Buffers the writes of one ``request()`` call and skips the liveness
+    poll of a connection used moments ago; see the module doc."""
 
     _held = None
     _held_bytes = 0
+    _used_at = float("-inf")
+
+    @property
+    def is_connected(self):
+        if self.sock is None:
+            return False
+        if time.monotonic() - self._used_at < RECHECK_IDLE:
+            return True
+        return super().is_connected
 
     def request(self, method, url, body=None, headers=None, *args, **kwargs):
+        self._used_at = time.monotonic()
         self._held, self._held_bytes = [], 0
         try:
             super().request(method, url, body, headers, *args, **kwargs)

@@ -83,3 +83,27 @@ def test_boto3_request_is_one_write(server, writes):
     assert len(writes) == 1
     assert writes[0].startswith(b"POST / HTTP/1.1\r\n")
     assert writes[0].endswith(server.bodies[0]) and b'"ConsistentRead": true' in server.bodies[0]
+
+
+def test_a_connection_used_moments_ago_is_not_polled_an_idle_one_is(monkeypatch):
+    import socket
+    import time
+
+    import urllib3.connection
+
+    from connnode import onewrite
+
+    polls = []
+    monkeypatch.setattr(urllib3.connection, "wait_for_read",
+                        lambda sock, timeout=None: polls.append(timeout) or True)  # "readable": dropped
+    conn = onewrite.one_write_pools()["http"].ConnectionCls("127.0.0.1", 9)
+    assert conn.is_connected is False and polls == []  # no socket yet
+    conn.sock, peer = socket.socketpair()
+    try:
+        conn._used_at = time.monotonic()
+        assert conn.is_connected is True and polls == []  # used moments ago: no poll
+        conn._used_at = time.monotonic() - onewrite.RECHECK_IDLE - 0.1
+        assert conn.is_connected is False and polls == [0.0]  # idle: urllib3's check decides
+    finally:
+        conn.sock.close()
+        peer.close()
