@@ -46,6 +46,7 @@ timeout = 60
 accesslog = None
 # One JSON object per line on stdout, gunicorn's own lines included.
 logconfig_dict = gunicorn_logconfig(os.environ.get("CONNNODE_LOG_LEVEL", "INFO"))
+logger_class = "connnode.logs.GunicornLogger"  # no access-log work per request
 proc_name = "connnode-connection"
 # gunicorn >= 25 opens a control socket at one per-user default path
 # ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl): a second gunicorn master on

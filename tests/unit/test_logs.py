@@ -5,6 +5,7 @@ import io
 import logging
 import sys
 
+import pytest
 import simplejson
 
 from connnode.logs import JsonFormatter, setup_logging
@@ -136,3 +137,19 @@ def test_setup_logging_installs_formatter():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert simplejson.loads(lines[0])["message"] == "careful"
+
+
+@pytest.mark.parametrize("accesslog,built", [(None, False), ("-", True)])
+def test_gunicorn_logger_builds_access_lines_only_when_asked(monkeypatch, accesslog, built):
+    from gunicorn.config import Config
+
+    from connnode.logs import GunicornLogger, gunicorn_logconfig
+
+    cfg = Config()
+    cfg.set("logconfig_dict", gunicorn_logconfig())
+    cfg.set("accesslog", accesslog)
+    logger = GunicornLogger(cfg)
+    atoms = []
+    monkeypatch.setattr(logger, "atoms", lambda *args: atoms.append(args) or {})
+    logger.access(None, None, {}, None)
+    assert logger.access_log_enabled is built and bool(atoms) is built
