@@ -16,6 +16,7 @@ Decisions where PROTOCOL.md is silent:
   finite (`1e999`, `NaN` and `Infinity` fail).
 * A signature of any length other than 64 bytes must be well-formed DER.
 """
+import functools
 import hashlib
 import hmac
 import json
@@ -41,6 +42,9 @@ MAX_KEY_LENGTH = 128  # base64url text of a 65-byte key is 87 characters
 MAX_DER_SIGNATURE = 80  # a DER ECDSA P-256 signature is at most 72 bytes
 EXP_LEEWAY = 60
 EXP_MAX_AHEAD = 86400
+#: Entries of each verification cache (public keys, verified tokens): a
+#: token is at most MAX_JWT_LENGTH characters, so at most ~4 MB.
+VERIFIED_CACHE = 1024
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _URL_CHARS_RE = re.compile(r"[\x21-\x7e]+")
@@ -184,15 +188,45 @@ def verify(credentials, expected_origin, now, key_digest=None):
     """
     expected = normalise_origin(expected_origin)
 
-    key = load_p256_public_key(credentials.public_key_raw)
-    if key is None:
+    if _public_key(credentials.public_key_raw) is None:
         raise _fail("public key is not a P-256 point")
     if key_digest is not None:
         digest = hashlib.sha256(credentials.public_key_raw).digest()
         if not hmac.compare_digest(digest, key_digest):
             raise _fail("key does not match the subscription")
+    claims = dict(_signed_claims(credentials.jwt, credentials.public_key_raw))
+    if "exp" not in claims:
+        raise _fail("missing exp")
+    _check_exp(claims["exp"], now)
+    aud = claims.get("aud")
+    try:
+        aud_ok = isinstance(aud, str) and normalise_origin(aud) == expected
+    except ValueError:
+        aud_ok = False
+    if not aud_ok:
+        raise _fail("aud does not match")
+    return claims
 
-    jwt = credentials.jwt
+
+@functools.lru_cache(maxsize=VERIFIED_CACHE)
+def _public_key(raw):
+    """The key object of a P-256 point (None: not one); cached, as a
+    publisher sends the same key with every message."""
+    return load_p256_public_key(raw)
+
+
+@functools.lru_cache(maxsize=VERIFIED_CACHE)
+def _signed_claims(jwt, public_key_raw):
+    """The claims object of ``jwt`` once its ES256 signature by the key
+    checks out (EndpointError otherwise; failures are not cached).
+
+    Cached: a publisher signs one JWT and sends it with every message until
+    it nears ``exp`` (pywebpush and the web-push libraries do), so the ECDSA
+    verification (~60-100 us) is paid once per token and key. Only
+    successes are held, keyed by the exact token text and key bytes, so a
+    hit is the same verification with the same result; ``exp`` and ``aud``
+    are still checked on every message by ``verify``.
+    """
     if not isinstance(jwt, str) or len(jwt) > MAX_JWT_LENGTH:
         raise _fail("JWT too long")
     segments = jwt.split(".")
@@ -211,21 +245,11 @@ def verify(credentials, expected_origin, now, key_digest=None):
         raise _fail("malformed signature")
     signing_input = ("%s.%s" % (segments[0], segments[1])).encode("ascii")
     try:
-        key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        _public_key(public_key_raw).verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise _fail("bad signature") from None
 
     claims = _json_object(payload_raw)
     if claims is None:
         raise _fail("claims are not a JSON object")
-    if "exp" not in claims:
-        raise _fail("missing exp")
-    _check_exp(claims["exp"], now)
-    aud = claims.get("aud")
-    try:
-        aud_ok = isinstance(aud, str) and normalise_origin(aud) == expected
-    except ValueError:
-        aud_ok = False
-    if not aud_ok:
-        raise _fail("aud does not match")
     return claims

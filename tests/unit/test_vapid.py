@@ -349,3 +349,29 @@ def test_normalise_origin(url, expected):
 def test_normalise_origin_rejects(url):
     with pytest.raises(ValueError):
         normalise_origin(url)
+
+
+# --- the verification caches ------------------------------------------------------
+
+def test_a_token_is_verified_once_and_its_claims_checked_every_time(key, monkeypatch):
+    from connnode.endpoint import vapid
+
+    token = make_jwt(key, claims(exp=int(NOW) + 600, nonce="cache-test"))
+    verifications = []
+    real = vapid._der_signature
+    monkeypatch.setattr(vapid, "_der_signature", lambda sig: verifications.append(1) or real(sig))
+    assert verify(creds(key, token), ORIGIN, NOW)["nonce"] == "cache-test"
+    assert verify(creds(key, token), ORIGIN, NOW)["nonce"] == "cache-test"
+    assert len(verifications) == 1  # the second message reused the verification
+    check_401(verify, creds(key, token), ORIGIN, NOW + 600 + 61)  # exp still checked on a hit
+    check_401(verify, creds(key, token), "http://other.example", NOW)  # and aud
+    other = ec.generate_private_key(ec.SECP256R1())
+    check_401(verify, creds(other, token), ORIGIN, NOW)  # another key is another entry
+
+
+def test_a_failed_verification_is_not_cached(key):
+    token = make_jwt(key, claims(nonce="forged"))
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for _ in range(2):
+        check_401(verify, creds(key, forged), ORIGIN, NOW)
+    assert verify(creds(key, token), ORIGIN, NOW)["nonce"] == "forged"
