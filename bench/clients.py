@@ -6,8 +6,11 @@ JSON commands, one per line on stdin, each answered by one JSON line on stdout.
 Commands (``cmd``):
 
 * ``connect``: open ``count`` clients to ``host:port`` (``concurrency`` at a
-  time); each sends hello (with ``uaids[i]`` when given) and waits for the
-  reply, then, with ``register``, registers one channel. Answer: ``connected``,
+  time); each sends hello (with ``uaids[i]`` when given; naming
+  ``broadcasts``, ``{id: version}``, when given: a reply with ``errors``
+  fails the client) and waits for the reply, then, with ``register``,
+  registers one channel; ``source``: the local address to connect from
+  (default: the kernel's choice). Answer: ``connected``,
   ``failed``, ``uaids``, ``errors`` (a few), ``elapsed``.
 * ``count``: notification frames received so far by clients that finished
   ``connect`` (answer ``notifications``).
@@ -42,23 +45,25 @@ def raise_nofile():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def hello_frame(uaid=None):
-    message = {"messageType": "hello", "use_webpush": True, "broadcasts": {}}
+def hello_frame(uaid=None, broadcasts=None):
+    message = {"messageType": "hello", "use_webpush": True, "broadcasts": broadcasts or {}}
     if uaid:
         message["uaid"] = uaid
     return json.dumps(message)
 
 
-async def hello_and_register(conn, uaid, register, timeout):
+async def hello_and_register(conn, uaid, register, timeout, broadcasts=None):
     """Say hello on ``conn`` (resuming ``uaid`` if given) and, if asked,
     register one channel; (uaid, chid, push endpoint), the last two None
     without a register. Aborts the connection and raises on a failed step."""
     chid = endpoint = None
     try:
-        conn.send_text(hello_frame(uaid))
+        conn.send_text(hello_frame(uaid, broadcasts))
         reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
         if reply.get("messageType") != "hello" or reply.get("status") != 200:
             raise RuntimeError(f"hello failed: {reply}")
+        if broadcasts and (reply.get("broadcasts") or {}).get("errors"):
+            raise RuntimeError(f"broadcasts not subscribed: {reply['broadcasts']}")
         if register:
             chid = str(uuid.uuid4())
             conn.send_text(json.dumps({"messageType": "register", "channelID": chid}))
@@ -85,15 +90,15 @@ class Clients:
             self.notifications += 1
 
     # -- connect ------------------------------------------------------------------
-    async def _one(self, host, port, uaid, register, timeout):
-        conn = await connect(host, port, timeout=timeout)
-        uaid, _, _ = await hello_and_register(conn, uaid, register, timeout)
+    async def _one(self, host, port, uaid, register, timeout, broadcasts=None, source=None):
+        conn = await connect(host, port, timeout=timeout, source=source)
+        uaid, _, _ = await hello_and_register(conn, uaid, register, timeout, broadcasts)
         conn.on_text = self._count
         conn.user = uaid
         return conn
 
     async def cmd_connect(self, host, port, count, register=False, uaids=None,
-                          concurrency=100, timeout=120.0):
+                          concurrency=100, timeout=120.0, broadcasts=None, source=None):
         started = time.monotonic()
         gate = asyncio.Semaphore(concurrency)
         errors = []
@@ -101,7 +106,8 @@ class Clients:
         async def guarded(i):
             async with gate:
                 try:
-                    return await self._one(host, port, uaids[i] if uaids else None, register, timeout)
+                    return await self._one(host, port, uaids[i] if uaids else None, register,
+                                           timeout, broadcasts, source)
                 except (OSError, asyncio.TimeoutError, ConnectionClosed, RuntimeError, ValueError) as exc:
                     if len(errors) < 5:
                         errors.append(repr(exc))

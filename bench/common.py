@@ -371,12 +371,13 @@ class ClientProcess:
     """One client process (``bench.clients`` unless another module is named)."""
 
     module = "bench.clients"
+    args = ()
     log_name = "clients"
 
     def __init__(self, index=0):
         log = log_file(self.log_name)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module], cwd=ROOT, env=child_env(),
+            [sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=child_env(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
             preexec_fn=die_with_parent)
         log.close()
@@ -436,10 +437,14 @@ class Fleet:
         n = len(self.procs)
         return [count // n + (1 if i < count % n else 0) for i in range(n)]
 
-    def connect(self, port, count, register=False, concurrency=100, timeout=180.0):
+    def connect(self, port, count, register=False, concurrency=100, timeout=180.0,
+                broadcasts=None):
+        """``broadcasts``: the ``{id: version}`` every hello names (each client
+        fails unless the node knows every id, i.e. subscribes it)."""
+        extra = {"broadcasts": broadcasts} if broadcasts else {}
         answers = self.all([{"cmd": "connect", "host": "127.0.0.1", "port": port, "count": share,
                              "register": register, "concurrency": concurrency,
-                             "timeout": min(timeout, 120.0)} if share else None
+                             "timeout": min(timeout, 120.0), **extra} if share else None
                             for share in self.split(count)], timeout)
         failed = sum(a["failed"] for a in answers)
         if failed:
@@ -453,6 +458,97 @@ class Fleet:
     def stop(self):
         for proc in self.procs:
             proc.stop()
+
+
+# -- Megaphone broadcasts ---------------------------------------------------------
+
+class Megaphone:
+    """A stand-in Megaphone service in a thread of the driver: ``GET`` (any
+    path) with ``Authorization: Bearer <token>`` answers ``{"code": 200,
+    "broadcasts": versions}``, anything else 401. Point a node's
+    ``megaphone_api_url`` at ``url``; change ``versions`` to publish."""
+
+    def __init__(self, versions, token="bench-megaphone-token"):
+        self.versions = dict(versions)
+        self.token = token
+        self.polls = 0
+        self.server = None
+
+    def start(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                if self.headers.get("Authorization") == f"Bearer {service.token}":
+                    service.polls += 1
+                    status, body = 200, {"code": 200, "broadcasts": dict(service.versions)}
+                else:
+                    status, body = 401, {"code": 401, "errno": 109, "error": "Unauthorized"}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="megaphone", daemon=True).start()
+        return self
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_port}/v1/broadcasts"
+
+    def node_options(self, poll_interval=1):
+        """The settings of a connection node polling this service."""
+        return {"megaphone_api_url": self.url, "megaphone_api_token": self.token,
+                "megaphone_poll_interval": poll_interval}
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def hello_broadcasts(port, broadcasts, timeout=10.0):
+    """One hello naming ``broadcasts`` on a fresh WebSocket to the node; the
+    reply's ``broadcasts`` object (the connection is then closed)."""
+    import asyncio
+
+    from bench.wsclient import connect
+
+    async def probe():
+        conn = await connect("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.send_text(json.dumps({"messageType": "hello", "use_webpush": True,
+                                       "broadcasts": broadcasts}))
+            return json.loads(await asyncio.wait_for(conn.recv(), timeout)).get("broadcasts")
+        finally:
+            conn.abort()
+
+    return asyncio.run(probe())
+
+
+def wait_broadcast_known(port, broadcast_id, timeout=30.0):
+    """Wait until the node knows ``broadcast_id`` (its first poll has been
+    applied): a hello naming it with a version no service holds gets the
+    current version back. Returns that version."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = hello_broadcasts(port, {broadcast_id: "bench-probe"}) or {}
+        if broadcast_id in reply:
+            return reply[broadcast_id]
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"the node does not know {broadcast_id} after {timeout} s: {reply}")
+        time.sleep(0.2)
 
 
 # -- results ------------------------------------------------------------------------

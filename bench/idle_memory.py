@@ -14,16 +14,30 @@ Baseline: ``baseline_server`` (a bare gevent StreamServer, its own process)
 holding the same number of sockets after a hand-made WebSocket handshake, with
 the same client script (it gives canned hello/register answers). Target:
 connection node <= 1.1x the baseline per client.
+
+Subscribed (issue 15): the same ramp against a third fresh connection node
+whose ``megaphone_api_url`` points at a Megaphone stand-in (``common.Megaphone``,
+an HTTP server in a thread of the driver answering ``{"code": 200,
+"broadcasts": {"remote-settings/monitor_changes": "v1"}}``; poll interval
+1 s, ``megaphone_api_token`` set), every client's hello carrying
+``"broadcasts": {"remote-settings/monitor_changes": "v1"}``. Before the
+start-up reading the driver waits until the node knows the broadcast (a
+probe hello naming it with an unknown version gets "v1" back), and a hello
+reply with ``errors`` fails the run, so every client is subscribed. Same
+baseline, same target.
 """
 import time
 
-from bench.common import (ConnectionNode, Dynalite, Fleet, Server, crypto_key, machine, median,
-                          save_plot, pyplot, raise_nofile, row, settle_rss, table_names)
+from bench.common import (ConnectionNode, Dynalite, Fleet, Megaphone, Server, crypto_key, machine,
+                          median, save_plot, pyplot, raise_nofile, row, settle_rss, table_names,
+                          wait_broadcast_known)
 
 NAME = "idle-memory"
 LEVELS = (1000, 5000, 15000)
 CLIENT_PROCESSES = 4
 CONNECT_CONCURRENCY = 100
+MONITOR = "remote-settings/monitor_changes"
+SYSTEMS = ("connnode", "subscribed", "baseline")
 
 
 def end(server):
@@ -35,14 +49,14 @@ def end(server):
         server.stop()
 
 
-def ramp(fleet, server, port, pid):
+def ramp(fleet, server, port, pid, broadcasts=None):
     base = settle_rss(pid, stable_polls=2, timeout=5.0)
     points = {}
     connected = 0
     for level in LEVELS:
         t0 = time.monotonic()
         fleet.connect(port, level - connected, register=True, concurrency=CONNECT_CONCURRENCY,
-                      timeout=600.0)
+                      timeout=600.0, broadcasts=broadcasts)
         t1 = time.monotonic()
         connected = level
         rss = settle_rss(pid)
@@ -54,15 +68,21 @@ def ramp(fleet, server, port, pid):
     return {"base_rss_kb": base, "levels": points}
 
 
-def measure(system, dynalite, tables, key, fleet):
+def measure(system, dynalite, tables, key, fleet, megaphone):
+    broadcasts = None
     if system == "connnode":
         server = ConnectionNode(dynalite, tables, key, log_name=f"{NAME}-cn").start()
         port, pid = server.port, server.worker_pid()
+    elif system == "subscribed":
+        server = ConnectionNode(dynalite, tables, key, log_name=f"{NAME}-cn-subscribed",
+                                **megaphone.node_options(poll_interval=1)).start()
+        port, pid = server.port, server.worker_pid()
+        broadcasts = {MONITOR: wait_broadcast_known(port, MONITOR)}
     else:
         server = Server("baseline_server", log_name=f"{NAME}-baseline").start()
         port, pid = server.info["port"], server.pid
     try:
-        return ramp(fleet, server, port, pid)
+        return ramp(fleet, server, port, pid, broadcasts)
     finally:
         end(server)
 
@@ -72,15 +92,17 @@ def run(repeats=3):
     dynalite = Dynalite().start()
     key = crypto_key()
     tables = table_names()
+    megaphone = Megaphone({MONITOR: "v1"}).start()
     fleet = Fleet(CLIENT_PROCESSES)
-    samples = {"connnode": [], "baseline": []}
+    samples = {system: [] for system in SYSTEMS}
     try:
         for repeat in range(repeats):
-            order = ("connnode", "baseline") if repeat % 2 == 0 else ("baseline", "connnode")
+            order = SYSTEMS if repeat % 2 == 0 else SYSTEMS[::-1]
             for system in order:
-                samples[system].append(measure(system, dynalite, tables, key, fleet))
+                samples[system].append(measure(system, dynalite, tables, key, fleet, megaphone))
     finally:
         fleet.stop()
+        megaphone.stop()
         dynalite.stop()
 
     def med(system, level, field="per_client_kb"):
@@ -88,13 +110,18 @@ def run(repeats=3):
 
     rows = [row(f"RSS per client @ {level:,}", "KB", med("connnode", level), med("baseline", level),
                 target=1.1, better="lower") for level in LEVELS]
+    rows += [row(f"RSS per client @ {level:,}, subscribed to 1 broadcast", "KB",
+                 med("subscribed", level), med("baseline", level), target=1.1, better="lower")
+             for level in LEVELS]
     rows.append(row(f"RSS total @ {LEVELS[-1]:,}", "MB", med("connnode", LEVELS[-1], "rss_kb") / 1024,
                     med("baseline", LEVELS[-1], "rss_kb") / 1024))
     rows.append(row("RSS at start", "MB", median([s["base_rss_kb"] for s in samples["connnode"]]) / 1024,
                     median([s["base_rss_kb"] for s in samples["baseline"]]) / 1024))
     result = {"name": NAME, "machine": machine(), "repeats": repeats, "rows": rows,
               "config": {"levels": LEVELS, "client_processes": CLIENT_PROCESSES,
-                         "per_client": "hello + one register, then idle"},
+                         "per_client": "hello + one register, then idle",
+                         "subscribed": f"hello also names {{{MONITOR!r}: 'v1'}}; the node polls "
+                                       "a Megaphone stand-in every 1 s"},
               "samples": samples}
     result["plot"] = str(plot(samples))
     return result
@@ -103,10 +130,12 @@ def run(repeats=3):
 def plot(samples):
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(6, 4))
-    for system, style in (("connnode", "o-"), ("baseline", "s--")):
+    for system, style, label in (("connnode", "o-", "connnode"),
+                                 ("subscribed", "^-", "connnode, subscribed to 1 broadcast"),
+                                 ("baseline", "s--", "baseline")):
         values = [median([s["levels"][level]["per_client_kb"] for s in samples[system]])
                   for level in LEVELS]
-        axis.plot(LEVELS, values, style, label=system)
+        axis.plot(LEVELS, values, style, label=label)
     axis.set(xlabel="connected idle clients", ylabel="worker RSS growth per client (KB)",
              title="idle WebSocket memory (1 worker)", xscale="log", ylim=(0, None))
     axis.set_xticks(LEVELS, [f"{level:,}" for level in LEVELS])

@@ -2,13 +2,15 @@
 
     python -m bench.run [name ...] [--repeats N]
 
-Names: idle-memory, direct-push, end-to-end, reconnect-storm, stored-drain (underscores
-work too); none = all, in that order. Each benchmark starts what it needs,
-repeats its measurement (default 3 times) next to its baseline, and returns
-medians; the table shows the connection node, the baseline measured in the
-same run, their ratio and the issue's target. Benchmarks print figures and
-ratios, they never fail on time: the exit status is non-zero only when a
-benchmark could not run.
+Names: idle-memory, direct-push, end-to-end, cpu-ratio, scaling,
+reconnect-storm, stored-drain, broadcast-fanout, c100k (underscores work
+too); none = all in that order except the OPTIONAL ones (c100k: run it by
+name). Each benchmark starts what it needs, repeats its measurement (default
+3 times; c100k once) next to its baseline, and returns medians; the table
+shows the connection node, the baseline measured in the same run, their
+ratio and the issue's target. Benchmarks print figures and ratios, they
+never fail on time: the exit status is non-zero only when a benchmark could
+not run.
 """
 import argparse
 import importlib
@@ -22,9 +24,17 @@ BENCHMARKS = {
     "idle-memory": "bench.idle_memory",
     "direct-push": "bench.direct_push",
     "end-to-end": "bench.end_to_end",
+    "cpu-ratio": "bench.cpu_ratio",
+    "scaling": "bench.scaling",
     "reconnect-storm": "bench.reconnect_storm",
     "stored-drain": "bench.stored_drain",
+    "broadcast-fanout": "bench.broadcast_fanout",
+    "c100k": "bench.c100k",
 }
+
+#: Run only when named (``make bench BENCH=c100k``): c100k alone needs the
+#: whole machine for ~10 minutes, past the budget of a plain ``make bench``.
+OPTIONAL = frozenset({"c100k"})
 
 
 def number(value):
@@ -55,7 +65,7 @@ def verdict(row):
 def table(result):
     lines = [f"{result['name']}  ({result['repeats']} repeats, {result.get('elapsed_s', 0):.0f} s; "
              f"medians)"]
-    header = (f"  {'metric':<46} {'unit':<9} {'connnode':>13} {'baseline':>13} {'ratio':>13}  "
+    header = (f"  {'metric':<52} {'unit':<9} {'connnode':>13} {'baseline':>13} {'ratio':>13}  "
               f"{'target':<9} ")
     lines.append(header)
     lines.append("  " + "-" * (len(header) - 2))
@@ -65,7 +75,7 @@ def table(result):
             ratio = " / ".join(f"{r:.2f}x" if r is not None else "-" for r in ratio)
         else:
             ratio = f"{ratio:.2f}x" if ratio is not None else "-"
-        lines.append(f"  {row['metric']:<46} {row['unit']:<9} {number(row['connnode']):>13} "
+        lines.append(f"  {row['metric']:<52} {row['unit']:<9} {number(row['connnode']):>13} "
                      f"{number(row['baseline']):>13} {ratio:>13}  {row.get('target') or '':<9} "
                      f"{verdict(row)}")
     if result.get("plot"):
@@ -76,9 +86,11 @@ def table(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="default: the benchmark's own (3; c100k: 1)")
     args = parser.parse_args(argv)
-    names = [name.replace("_", "-") for name in args.names] or list(BENCHMARKS)
+    names = ([name.replace("_", "-") for name in args.names]
+             or [name for name in BENCHMARKS if name not in OPTIONAL])
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
@@ -88,7 +100,8 @@ def main(argv=None):
         print(f"== {name} ...", flush=True)
         t0 = time.monotonic()
         try:
-            result = importlib.import_module(BENCHMARKS[name]).run(repeats=args.repeats)
+            module = importlib.import_module(BENCHMARKS[name])
+            result = module.run() if args.repeats is None else module.run(repeats=args.repeats)
         except Exception:  # noqa: BLE001 - report it and go on with the others
             traceback.print_exc()
             failed.append(name)

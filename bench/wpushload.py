@@ -28,6 +28,15 @@ Request i goes to ``targets[i % len(targets)]``. Requests due in the first
 ``warmup`` seconds are sent but not measured; the measured window is the
 next ``duration`` seconds.
 
+Closed loop (``closed: true``; ``rate`` is then ignored): ``max_connections``
+keep-alive connections each keep one request in flight, back to back: the
+next request goes out on a connection as soon as its previous answer has
+been parsed (no pacing), from the start until the end of the measured
+window; a connection the server closed is replaced. A request's ``t_sched``
+is its send time. ``max_requests`` bounds the run (default 1,000,000; in
+``push`` mode that many message ids are made before the run starts); the
+totals say ``exhausted`` when the bound, not the window, ended the sending.
+
 Output: ``{"phase": "start"}`` and ``{"phase": "stop"}`` at the edges of the
 window (the driver reads CPU use in between), then, once every response has
 arrived (or ``drain`` seconds have passed), one JSON line of totals: requests
@@ -184,10 +193,14 @@ class Load:
         self.mode = config["mode"]
         self.ok = OK[self.mode]
         self.port = config["port"]
-        self.rate = float(config["rate"])
+        self.closed_loop = bool(config.get("closed", False))
+        self.rate = None if self.closed_loop else float(config["rate"])
         self.warmup = float(config.get("warmup", 1.0))
         self.duration = float(config["duration"])
-        self.total = int(round(self.rate * (self.warmup + self.duration)))
+        if self.closed_loop:
+            self.total = int(config.get("max_requests", 1_000_000))
+        else:
+            self.total = int(round(self.rate * (self.warmup + self.duration)))
         self.max_connections = int(config.get("max_connections", 64))
         with open(config["targets"]) as handle:
             targets = json.load(handle)
@@ -211,6 +224,8 @@ class Load:
         self.errors = []
         self.all_answered = None
         self.loop = None
+        self.issued = 0  # closed loop: requests made so far
+        self.sending_until = None  # closed loop: no new request from then on
 
     # item: [index, request bytes, t_sched, t_send, t_done, status, message id]
     def dispatch(self, item):
@@ -228,6 +243,20 @@ class Load:
         else:
             self.backlog.append(item)
 
+    def refill(self):
+        """Closed loop: a new request for every free slot (at most
+        ``max_connections`` in flight) until the window ends."""
+        if self.issued >= self.total or time.monotonic() >= self.sending_until:
+            return
+        count = len(self.requests)
+        while self.in_flight < self.max_connections and self.issued < self.total:
+            i = self.issued
+            now = time.monotonic()
+            item = [i, self.requests[i % count], now, None, None, None, None]
+            self.issued += 1
+            self.items.append(item)
+            self.dispatch(item)
+
     async def open_and_send(self, item):
         try:
             _, conn = await self.loop.create_connection(lambda: HttpConnection(self),
@@ -235,6 +264,8 @@ class Load:
         except OSError as exc:
             self.opening -= 1
             self.finish(item, 0, None, exc)
+            if self.closed_loop:  # no busy loop against a refusing server
+                self.loop.call_later(0.05, self.refill)
             return
         self.opening -= 1
         self.opened += 1
@@ -255,6 +286,8 @@ class Load:
             conn.send(self.backlog.popleft())
         else:
             self.idle.append(conn)
+        if self.closed_loop:
+            self.refill()
 
     def lost(self, conn, item, exc):
         self.conns.discard(conn)
@@ -264,6 +297,8 @@ class Load:
             if self.backlog and len(self.conns) + self.opening < self.max_connections:
                 self.opening += 1
                 self.loop.create_task(self.open_and_send(self.backlog.popleft()))
+            if self.closed_loop:
+                self.loop.call_later(0.05, self.refill)
 
     def finish(self, item, status, message_id, exc=None):
         item[4] = time.monotonic()
@@ -292,7 +327,11 @@ class Load:
 
         loop.call_at(loop.time() + (w0 - monotonic()), mark, "start")
         loop.call_at(loop.time() + (w1 - monotonic()), mark, "stop")
-        i = 0
+        if self.closed_loop:
+            self.sending_until = w1
+            await asyncio.sleep(max(0.0, t0 - monotonic()))
+            self.refill()
+        i = self.total if self.closed_loop else 0
         while i < self.total:
             now = monotonic()
             due = t0 + i / rate
@@ -334,7 +373,8 @@ class Load:
             json.dump(rows, handle)
         before, after = usage["start"], usage["stop"]
         cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / window
-        return {"mode": self.mode, "offered": self.rate, "window": window,
+        return {"mode": self.mode, "offered": self.rate, "closed": self.closed_loop,
+                "exhausted": self.closed_loop and self.issued >= self.total, "window": window,
                 "due": len(measured), "sent": sum(1 for item in self.items if item[3] is not None),
                 "ok": statuses.get(str(ok), 0), "ok_rate": ok_in_window / window,
                 "ok_all": sum(1 for item in self.items if item[5] == ok),

@@ -244,11 +244,15 @@ class WSConnection(asyncio.Protocol):
 
 
 async def connect(host, port, path="/", subprotocol="push-notification", on_text=None,
-                  timeout=30.0):
-    """Open TCP and complete the opening handshake; the WSConnection."""
+                  timeout=30.0, source=None):
+    """Open TCP and complete the opening handshake; the WSConnection.
+    ``source``: the local address to connect from (e.g. ``127.0.0.10``, any
+    port), so that one machine can hold more than one source address's
+    ephemeral ports' worth of connections to one server port."""
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(loop.create_connection(
-        lambda: WSConnection(host, port, path, subprotocol, on_text), host, port), timeout)
+        lambda: WSConnection(host, port, path, subprotocol, on_text), host, port,
+        local_addr=(source, 0) if source else None), timeout)
     try:
         await asyncio.wait_for(asyncio.shield(conn.opened), timeout)
     except BaseException:
