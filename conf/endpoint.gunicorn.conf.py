@@ -29,11 +29,12 @@ bind = [f"0.0.0.0:{_settings.endpoint_port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY_ENDPOINT") or os.environ.get("WEB_CONCURRENCY")
               or "1")
 # gunicorn's gevent worker serving requests with gevent's pywsgi instead of
-# gunicorn's own HTTP parser: less CPU per POST /wpush (bench.cpu_ratio,
+# gunicorn's own HTTP parser (connnode/endpoint/server.py, which keeps
+# gunicorn's keep-alive timeout): less CPU per POST /wpush (bench.cpu_ratio,
 # same hour, 2 x 1 repeat: EP us per POST v1 durable 1,670/1,348 ->
 # 1,368/1,278, durable off 1,226/1,085 -> 979/974, VAPID 1,550/1,477 ->
 # 1,323/1,335).
-worker_class = "gunicorn.workers.ggevent.GeventPyWSGIWorker"
+worker_class = "connnode.endpoint.server.EndpointWorker"
 # Concurrent requests per worker (gunicorn's default); each waits on
 # DynamoDB and the connection nodes, not on the CPU.
 worker_connections = 1000

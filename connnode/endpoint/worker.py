@@ -1,6 +1,7 @@
 """Per-worker start-up of the endpoint node under gunicorn
 (``conf/endpoint.gunicorn.conf.py`` wires these hooks; worker class
-``gevent``).
+``connnode.endpoint.server.EndpointWorker``, gunicorn's gevent worker with
+gevent's pywsgi).
 
 The endpoint node is stateless, so unlike the connection node there are no
 slots or private ports: every worker serves the same public port and builds
