@@ -74,7 +74,7 @@ from urllib.parse import urlsplit
 from bench.common import (ConnectionNode, CpuMeter, Dynalite, Popen, crypto_key, free_port,
                           machine, median, percentile, pyplot, raise_nofile, row, save_plot,
                           table_names)
-from bench.end_to_end import (EndpointNode, SubscriberProcess, Subscribers, b64url,
+from bench.end_to_end import (NO_LIMITS, EndpointNode, SubscriberProcess, Subscribers, b64url,
                               encrypted_body, raw_public_key)
 
 NAME = "cpu-ratio"
@@ -88,9 +88,6 @@ WARM_START = 2.0
 PUT_MAX_RATE = 12000
 TTL = 60
 LOAD_BOUND_PERCENT = 90
-#: Every limit out of reach: the buckets are kept and charged, none refuses.
-NO_LIMITS = {f"rate_limit_{name}_{kind}": 1000000 for name in ("ip", "key", "subscription")
-             for kind in ("rate", "burst")}
 #: (phase, endpoint node, label, target ratio)
 VARIANTS = (("v1", "durable", "v1, durable on", 6.0),
             ("v1-nondurable", "nondurable", "v1, durable off", 4.0),
