@@ -6,6 +6,11 @@ the web layer turns it into a response with `EndpointError.response()`.
 `storage_error` is the one mapping of a storage failure to its answer (4.6:
 503/201 when throttled, 503/202 otherwise). The module knows nothing about
 Flask so that the rules can be tested alone.
+
+connnode's own additions to 4.12 (README errno table): `rate_limited`, the
+429/115 of a POST over a rate limit (`connnode/endpoint/limits.py`), and
+`DEAD_STATUS`, the status whose answers the dead-subscription cache repeats
+(`connnode/endpoint/deadsubs.py`).
 """
 import logging
 from http import HTTPStatus
@@ -36,6 +41,7 @@ _ERRNO_MESSAGES = {
     112: "Invalid TTL header",
     113: "Invalid Topic header",
     114: "Invalid TTL header: negative",
+    115: "Too many requests, slow down",
     201: "Server busy, retry later",
     202: "Temporary storage error, retry later",
     999: "Unexpected server error",
@@ -49,13 +55,24 @@ def _reason(status):
         return "Unknown"
 
 
-class EndpointError(Exception):
-    """An error answered to the client: HTTP `status`, 4.12 `errno` (or None)."""
+# connnode's own (not in PROTOCOL.md 4.12): a POST over one of its rate limits.
+RATE_LIMITED_STATUS = 429
+RATE_LIMITED_ERRNO = 115
 
-    def __init__(self, status, errno=None, message=None):
+# Answers that say the subscription is gone for good (4.3: cacheable for a
+# day); the dead-subscription cache repeats them without a storage call.
+DEAD_STATUS = 410
+
+
+class EndpointError(Exception):
+    """An error answered to the client: HTTP `status`, 4.12 `errno` (or None);
+    `headers`: extra response headers of this one answer (or None)."""
+
+    def __init__(self, status, errno=None, message=None, headers=None):
         self.status = int(status)
         self.errno = errno
         self.message = message or _ERRNO_MESSAGES.get(errno) or _reason(self.status)
+        self.headers = headers
         super().__init__(self.status, self.errno, self.message)
 
     def __str__(self):
@@ -63,20 +80,30 @@ class EndpointError(Exception):
 
     def response(self):
         """`(status, headers, body)`: see `error_response`."""
-        return error_response(self.status, self.errno, self.message)
+        return error_response(self.status, self.errno, self.message, self.headers)
 
 
-def error_response(status, errno=None, message=None):
+def rate_limited(retry_after, limit):
+    """The `EndpointError` of a POST over its `limit` ("ip", "key" or
+    "subscription"): 429/115 with `Retry-After: <retry_after>` (whole seconds)."""
+    return EndpointError(RATE_LIMITED_STATUS, RATE_LIMITED_ERRNO,
+                         f"Too many requests ({limit} limit), retry later",
+                         headers={"Retry-After": str(int(retry_after))})
+
+
+def error_response(status, errno=None, message=None, extra_headers=None):
     """The pieces of a 4.3 error response: `(status, headers, body)`.
 
-    `headers` includes `Content-Type: application/json` and the status's extra
-    headers; `body` is the dict to serialise as JSON.
+    `headers` includes `Content-Type: application/json`, the status's extra
+    headers and `extra_headers`; `body` is the dict to serialise as JSON.
     """
     status = int(status)
     if message is None:
         message = _ERRNO_MESSAGES.get(errno) or _reason(status)
     headers = {"Content-Type": "application/json"}
     headers.update(_STATUS_HEADERS.get(status, {}))
+    if extra_headers:
+        headers.update(extra_headers)
     body = {
         "code": status,
         "errno": errno,
