@@ -248,6 +248,18 @@ def megaphone_run_env(settings):
     return env
 
 
+def demo_run_env(settings):
+    """Under ``make run``: the demo page (``demo_page``) on unless configured,
+    with its VAPID key pair made once into data_dir before the nodes start."""
+    env = {}
+    if settings.demo_page is None:
+        env["CONNNODE_DEMO_PAGE"] = "true"
+    if settings.demo_page is not False:
+        from connnode.endpoint.demo import load_or_create_key
+        load_or_create_key(settings.data_dir)
+    return env
+
+
 def cmd_run(settings, args):
     """Run the whole service on this machine under supervisord (foreground)."""
     import shutil
@@ -259,6 +271,7 @@ def cmd_run(settings, args):
     env = dict(os.environ)
     env["CONNNODE_CRYPTO_KEY"] = ensure_crypto_key(settings)
     env.update(megaphone_run_env(settings))
+    env.update(demo_run_env(settings))
     embedded = not settings.aws_ddb_endpoint
     if embedded:
         refusal = _embedded_port_refusal(settings)
@@ -275,6 +288,8 @@ def cmd_run(settings, args):
         "CONNNODE_RUN_EMBEDDED": "true" if embedded else "false",
     })
     workers = int(env.get("WEB_CONCURRENCY", "1"))
+    demo = (f"{settings.endpoint_url}/demo" if settings.demo_page is not False
+            else "off (demo_page)")
     routers = ", ".join(settings.router_url_for(settings.router_port + slot) for slot in range(workers))
     print(f"""connnode on this machine (supervisord, config conf/supervisord.conf)
   WebSocket (browsers):  ws://{settings.hostname}:{settings.port}/
@@ -284,6 +299,7 @@ def cmd_run(settings, args):
           f"""{" (embedded dynalite, data in " + str(run_dir / "ddb") + ")" if embedded else ""}
   broadcasts (Megaphone): {settings.endpoint_url}/v1/broadcasts (tokens in {run_dir}/megaphone_token
                          and {run_dir}/broadcaster_token, unless configured)
+  demo page:             {demo}
   logs:                  {run_dir / "log"}/*.log
 Stop with Ctrl-C (or SIGTERM to this process): everything stops, nodes first.""", flush=True)
     supervisord = shutil.which("supervisord", path=str(bin_dir)) or "supervisord"

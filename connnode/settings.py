@@ -7,6 +7,7 @@ environment as ``CONNNODE_<NAME>``. A malformed value stops start-up with a
 the typo instead of a node running with a surprise.
 """
 import configparser
+import ipaddress
 import math
 import os
 import re
@@ -84,8 +85,31 @@ def _broadcaster_tokens(text):
     return tokens
 
 
+def _trusted_proxies(text):
+    """``127.0.0.1, 10.0.0.0/8, ::1`` -> ("127.0.0.1/32", "10.0.0.0/8", "::1/128")."""
+    networks = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        if entry:
+            try:
+                networks.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _at_least_one(kind):
+    def parse(text):
+        value = kind(text.strip())
+        if not math.isfinite(value) or value < 1:
+            raise ValueError("must be a number >= 1")
+        return value
+    return parse
+
+
 _count = _non_negative(int)
 _seconds = _non_negative(float)
+_rate = _non_negative(float)
 
 # name -> (parser, default). A default of None means "unset"; derived
 # defaults (hostname-based URLs) are filled in by Settings.__init__.
@@ -165,9 +189,35 @@ OPTIONS = {
     # ours: durable direct delivery (README "Durable delivery"): a message with
     # TTL > 0 is stored before the 201, handed to its holder, and deleted on ack
     "durable_direct": (_parse_bool, True),
+    # ours: rate limits of POST /wpush (connnode/endpoint/limits.py, README
+    # "Rate limits and dead subscriptions"): token buckets in each endpoint
+    # worker's memory, per client IP, per verified VAPID key and per
+    # subscription; rate in POSTs per second (0 turns that limit off) and burst
+    # in POSTs; at most rate_limit_max_buckets buckets per limit. Over a limit:
+    # 429, errno 115, Retry-After.
+    "rate_limit_ip_rate": (_rate, 1000.0),
+    "rate_limit_ip_burst": (_at_least_one(float), 2000.0),
+    "rate_limit_key_rate": (_rate, 1000.0),
+    "rate_limit_key_burst": (_at_least_one(float), 2000.0),
+    "rate_limit_subscription_rate": (_rate, 20.0),
+    "rate_limit_subscription_burst": (_at_least_one(float), 200.0),
+    "rate_limit_max_buckets": (_at_least_one(int), 10000),
+    # ours: the peers whose X-Forwarded-For names the client for the IP limit
+    # (comma-separated addresses or networks, e.g. 127.0.0.1 for a local nginx);
+    # empty: the socket's peer address always counts
+    "trusted_proxies": (_trusted_proxies, ""),
+    # ours: endpoints that answered 410 are answered again from memory for this
+    # many seconds (connnode/endpoint/deadsubs.py), at most this many per
+    # endpoint worker (LRU); 0 turns the cache off
+    "dead_subscription_ttl": (_seconds, 600.0),
+    "dead_subscription_max_entries": (_count, 10000),
     # ours: seconds between passes of `connnode sweeper` (README "Storage
     # sweeper"), the embedded store's stand-in for DynamoDB TTL; 0 disables it
     "sweep_interval": (_seconds, 3600.0),
+    # ours: the endpoint node's demo page (GET /demo, POST /demo/send,
+    # connnode/endpoint/demo.py). Unset means off, except under `connnode run`
+    # (make run), which turns it on unless configured.
+    "demo_page": (_parse_bool, None),
 }
 
 

@@ -20,6 +20,13 @@ gets the headers of 4.2 (STS, CORS). The body is read through a bound of
 ``max_data_bytes + 1`` bytes, so an unbounded (chunked) body is never
 buffered; a ``Content-Length`` above the limit is refused without reading.
 
+connnode adds checks of its own to POST, all before any storage call
+(README "Rate limits and dead subscriptions"): the client IP's rate limit
+first, then (after step 1) the dead-subscription cache, the VAPID key's rate
+limit right after a verified signature (step 4), and the subscription's rate
+limit before the body is read (step 5). Over a limit: 429/115 with
+``Retry-After``; a cached dead endpoint: its 410 again.
+
 Decisions where PROTOCOL.md is silent:
 
 * Everything under ``/wpush/`` that is not ``{token}``, ``v1/{token}`` or
@@ -54,9 +61,11 @@ from connnode.db.dynamo import StorageError
 from connnode.encoding import b64url_encode, compact_json
 from connnode.endpoint.body import read_body
 from connnode.endpoint.broadcasts import broadcast_routes
+from connnode.endpoint.deadsubs import DeadSubscriptions
 from connnode.endpoint.delivery import Delivery
-from connnode.endpoint.errors import EndpointError, error_response, storage_error
+from connnode.endpoint.errors import DEAD_STATUS, EndpointError, error_response, storage_error
 from connnode.endpoint.headers import message_headers, parse_topic, parse_ttl
+from connnode.endpoint.limits import RateLimits
 from connnode.endpoint.vapid import normalise_origin, parse_authorization, verify
 from connnode.notification import Notification
 from connnode.status import NoSessions, status_routes
@@ -75,12 +84,14 @@ def _pad(text):
 
 
 class _Request:
-    """What the POST handler learned so far (for the metrics of an error)."""
+    """What the POST handler learned so far (for the metrics of an error;
+    ``dead_key``: the dead-subscription cache's key once it missed)."""
 
-    __slots__ = ("vapid",)
+    __slots__ = ("vapid", "dead_key")
 
     def __init__(self):
         self.vapid = False
+        self.dead_key = None
 
 
 class WebPushAPI:
@@ -96,6 +107,8 @@ class WebPushAPI:
         self.max_data_bytes = settings.max_data_bytes
         self.max_ttl = settings.max_ttl
         self.delivery = Delivery(storage, node_client, metrics, settings.durable_direct)
+        self.limits = RateLimits.from_settings(settings, metrics)
+        self.dead = DeadSubscriptions.from_settings(settings)
 
     # -- POST /wpush (4.6) -------------------------------------------------
     def post(self, rest, request):
@@ -108,6 +121,8 @@ class WebPushAPI:
             notification, destination = self._post(rest, state, request)
         except EndpointError as exc:
             self._count_error(exc.status, state)
+            if exc.status == DEAD_STATUS and state.dead_key is not None:
+                self.dead.remember(state.dead_key, exc.status, exc.errno, exc.message)
             return exc.response()
         except Exception:
             log.exception("unexpected error in POST /wpush")
@@ -127,6 +142,9 @@ class WebPushAPI:
             "code": status, "router": "webpush", "vapid": str(state.vapid)})
 
     def _post(self, rest, state, request):
+        headers = request.headers
+        # ours: the client IP's rate limit (connnode/endpoint/limits.py)
+        self.limits.check_ip(request.remote_addr, headers)
         # 1. route and API version
         parts = rest.split("/")
         if len(parts) == 1:
@@ -135,14 +153,18 @@ class WebPushAPI:
             key_bound, token = KEY_BOUND_VERSIONS[parts[0]], parts[1]
         else:
             raise EndpointError(404, 102)
+        # ours: an endpoint that answered 410 lately (connnode/endpoint/deadsubs.py)
+        if self.dead is not None:
+            self._check_dead(rest, state)
         # 2. token
         try:
             uaid, chid, key_digest = self.crypto.parse_endpoint_token(token, key_bound)
         except InvalidTokenError:
             raise EndpointError(404, 102) from None
-        headers = request.headers
-        # 3. and 4. Authorization, VAPID
+        # 3. and 4. Authorization, VAPID (then ours: the VAPID key's rate limit)
         self._check_vapid(headers, key_bound, key_digest, state)
+        # ours: the subscription's rate limit
+        self.limits.check_subscription(uaid, chid)
         # 5. body size
         body = self._read_body(request)
         # 6.-8. message headers
@@ -174,6 +196,14 @@ class WebPushAPI:
         self.metrics.increment("updates.vapid.draft02" if credentials.version == 2
                                else "updates.vapid.draft01")
         state.vapid = True
+        self.limits.check_key(credentials.public_key_raw)
+
+    def _check_dead(self, rest, state):
+        known = self.dead.get(rest)
+        if known is not None:
+            self.metrics.increment("notification.dead_subscription", tags={"errno": known[1]})
+            raise EndpointError(*known)
+        state.dead_key = rest
 
     def _read_body(self, request):
         limit = self.max_data_bytes
@@ -267,6 +297,9 @@ def create_endpoint_app(storage, metrics, node_client, settings):
     app.add_url_rule("/m/<path:message_id>", "delete_message", delete_message,
                      methods=["DELETE", "OPTIONS"], provide_automatic_options=False)
     broadcast_routes(app, storage, settings, respond)
+    if settings.demo_page:  # issue 12: GET /demo, POST /demo/send (connnode/endpoint/demo.py)
+        from connnode.endpoint.demo import demo_routes
+        demo_routes(app, api, settings, respond)
     status_routes(app, storage.health)
 
     common = CommonHeaders(settings)
@@ -323,13 +356,14 @@ class CommonHeaders:
 
 
 class WsgiRequest:
-    """The three things POST /wpush reads of a request, straight from the
+    """The four things POST /wpush reads of a request, straight from the
     WSGI environ (the fast path's stand-in for Flask's request)."""
 
-    __slots__ = ("headers", "content_length", "stream")
+    __slots__ = ("headers", "content_length", "stream", "remote_addr")
 
     def __init__(self, environ):
         self.headers = EnvironHeaders(environ)
+        self.remote_addr = environ.get("REMOTE_ADDR")
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")
         except ValueError:

@@ -85,6 +85,11 @@ def test_make_run_serves_and_stops_cleanly(tmp_path):
         assert late.hello(broadcasts={channel: "v0"})["broadcasts"] == {channel: "v1"}
         late.close()
 
+        # The demo page is on under make run, its VAPID key made once into data_dir.
+        page = requests.get(f"{endpoint}/demo", timeout=5)
+        assert page.status_code == 200 and "connnode push demo" in page.text
+        assert (tmp_path / "var" / "demo_vapid_key.pem").is_file()
+
         supervisord = int(pid_file.read_text())
         service = [supervisord] + descendant_pids(supervisord)
         assert len(service) >= 5  # dynalite, two gunicorn masters and their workers
@@ -95,6 +100,7 @@ def test_make_run_serves_and_stops_cleanly(tmp_path):
             time.sleep(0.1)
         output = make.communicate(timeout=10)[0]
         assert "ws://127.0.0.1:" in output and endpoint in output
+        assert f"{endpoint}/demo" in output
         assert (tmp_path / "var" / "crypto_key").exists()
     finally:
         if make.poll() is None:

@@ -99,7 +99,14 @@ def test_every_protocol_option_exists():
                                        "ddb_lean_calls", "durable_direct", "sweep_interval",
                                        "megaphone_api_url", "megaphone_api_token",
                                        "megaphone_poll_interval", "broadcast_tablename",
-                                       "megaphone_broadcaster_tokens", "megaphone_reader_token"}
+                                       "megaphone_broadcaster_tokens", "megaphone_reader_token",
+                                       "rate_limit_ip_rate", "rate_limit_ip_burst",
+                                       "rate_limit_key_rate", "rate_limit_key_burst",
+                                       "rate_limit_subscription_rate",
+                                       "rate_limit_subscription_burst", "rate_limit_max_buckets",
+                                       "trusted_proxies", "dead_subscription_ttl",
+                                       "dead_subscription_max_entries",
+                                       "demo_page"}
 
 
 def test_crypto_key_unset_by_default():
