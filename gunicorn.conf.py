@@ -27,6 +27,11 @@ _settings = Settings.load()
 wsgi_app = "connnode.connection.worker:placeholder_app"
 bind = [f"0.0.0.0:{_settings.port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# The accept queue the workers share. In a connect storm of 100,000 clients
+# on 6 workers (bench c100k) gunicorn's 2,048 filled up (1,634 waiting seen
+# with ss), and a connection past it waits out a SYN retransmit (1 s, 3 s,
+# 7 s ...). The kernel caps it at net.core.somaxconn (4,096 here).
+backlog = 4096
 worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 # gunicorn's worker_connections sizes the gevent pool of the public server,
 # which holds every WebSocket: the default 1000 would cap clients per worker.

@@ -8,6 +8,12 @@ import time
 import simplejson as json
 from gunicorn.glogging import Logger
 
+# Our lines carry no thread or process names, and under gevent naming the
+# "thread" of a log record builds a _DummyThread for every greenlet that
+# logs (one per connection that closes, for example).
+logging.logThreads = False
+logging.logMultiprocessing = False
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record):
