@@ -135,6 +135,7 @@ def node(dynalite, tmp_path_factory):
                       broadcast_tablename=settings.broadcast_tablename,
                       megaphone_broadcaster_tokens=TOKENS,
                       megaphone_reader_token=READER_TOKEN)
+    ep.cli_data_dir = tmp_path_factory.mktemp("cli-data")
     ep.start()
     yield ep
     ep.stop()
@@ -244,8 +245,10 @@ def test_get_closed_without_reader_token(dynalite, tmp_path):
 # -- the CLI -------------------------------------------------------------------------
 
 def cli(node, *args, **env_overrides):
+    # data_dir: an empty one, not the checkout's var/ (where a `make run`
+    # leaves the tokens the CLI would fall back on)
     env = dict(os.environ, CONNNODE_ENDPOINT_URL=node.url, CONNNODE_STATSD_HOST="",
-               CONNNODE_HOSTNAME="127.0.0.1",
+               CONNNODE_HOSTNAME="127.0.0.1", CONNNODE_DATA_DIR=str(node.cli_data_dir),
                CONNNODE_MEGAPHONE_BROADCASTER_TOKENS=TOKENS,
                CONNNODE_MEGAPHONE_READER_TOKEN=READER_TOKEN)
     env.update(env_overrides)
