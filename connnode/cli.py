@@ -5,6 +5,7 @@
     connnode dynalite     run the embedded dynalite in the foreground (data in data_dir)
     connnode sweeper      a storage sweep every sweep_interval seconds (embedded store only)
     connnode run          one machine: embedded dynalite, tables, then the nodes
+    connnode diagnose URL|MESSAGE_ID [--follow]   where did a push go (connnode/diagnose.py)
 """
 import argparse
 import os
@@ -342,6 +343,8 @@ def build_parser():
     sub.add_parser("run", help="run the whole service on this machine").set_defaults(func=cmd_run)
     sub.add_parser("sweeper", help="a storage sweep every sweep_interval seconds (embedded store)"
                    ).set_defaults(func=cmd_sweeper)
+    from connnode.diagnose import add_parser as add_diagnose
+    add_diagnose(sub)
     return parser
 
 

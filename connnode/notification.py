@@ -18,11 +18,12 @@ _is_table_name = re.compile(r"[A-Za-z0-9_.-]{3,255}").fullmatch
 
 class Notification:
     __slots__ = ("uaid", "chid", "version", "ttl", "timestamp", "topic",
-                 "sortkey_timestamp", "data", "headers", "legacy_sort_key", "stored_in")
+                 "sortkey_timestamp", "data", "headers", "legacy_sort_key", "stored_in",
+                 "tracked")
 
     def __init__(self, uaid, chid, version, ttl, timestamp, topic=None,
                  sortkey_timestamp=None, data=None, headers=None, legacy_sort_key=None,
-                 stored_in=None):
+                 stored_in=None, tracked=False):
         self.uaid = uaid
         self.chid = chid
         self.version = version
@@ -36,6 +37,8 @@ class Notification:
         #: The message table already holding this message (durable direct
         #: delivery: stored before the endpoint's 201), or None.
         self.stored_in = stored_in
+        #: Lifecycle events are logged for it (connnode/lifecycle.py).
+        self.tracked = tracked
 
     def __repr__(self):
         return f"<Notification {self.sort_key} ttl={self.ttl}>"
@@ -75,6 +78,8 @@ class Notification:
             body["headers"] = self.headers or {}
         if self.stored_in is not None:
             body["stored_in"] = self.stored_in
+        if self.tracked:
+            body["tracked"] = True
         return body
 
     @classmethod
@@ -86,7 +91,8 @@ class Notification:
         and a message with neither ``topic`` nor ``sortkey_timestamp`` gets
         the receipt time in microseconds as its sort key, should it be saved
         at close. ``stored_in`` (ours, durable direct delivery) names the
-        message table that already holds the message."""
+        message table that already holds the message; ``tracked`` (ours,
+        true or absent) asks for its lifecycle events."""
         if not isinstance(body, dict):
             raise ValueError("body is not an object")
         chid, version = body.get("channelID"), body.get("version")
@@ -114,8 +120,11 @@ class Notification:
             raise ValueError("headers must be an object of strings")
         if topic is None and skt is None:
             skt = int(now * 1_000_000)
-        return cls(uaid, chid, version, ttl, timestamp, topic=topic, sortkey_timestamp=skt,
-                   data=data, headers=headers, stored_in=stored_in)
+        notification = cls(uaid, chid, version, ttl, timestamp, topic=topic,
+                           sortkey_timestamp=skt, data=data, headers=headers, stored_in=stored_in)
+        if "tracked" in body:
+            notification.tracked = body["tracked"] is True
+        return notification
 
     # -- storage (6.3) -------------------------------------------------------
     def item(self, now, max_ttl):
@@ -126,6 +135,8 @@ class Notification:
             record["data"] = self.data
             if self.headers:
                 record["headers"] = dict(self.headers)
+        if self.tracked:
+            record["tracked"] = True
         return record
 
     @classmethod
@@ -144,5 +155,6 @@ class Notification:
             chid, legacy = sort_key.split(":", 1)[0], sort_key
         return cls(uaid, chid, item.get("updateid", ""), int(item.get("ttl", 0)),
                    int(item.get("timestamp", 0)), topic=topic, sortkey_timestamp=skt,
-                   data=item.get("data"), headers=item.get("headers"), legacy_sort_key=legacy)
+                   data=item.get("data"), headers=item.get("headers"), legacy_sort_key=legacy,
+                   tracked=item.get("tracked") is True)
 

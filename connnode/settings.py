@@ -98,6 +98,11 @@ def _trusted_proxies(text):
     return tuple(networks)
 
 
+def _tracking_keys(text):
+    from connnode.lifecycle import parse_tracking_keys
+    return parse_tracking_keys(text)
+
+
 def _at_least_one(kind):
     def parse(text):
         value = kind(text.strip())
@@ -211,6 +216,11 @@ OPTIONS = {
     # endpoint worker (LRU); 0 turns the cache off
     "dead_subscription_ttl": (_seconds, 600.0),
     "dead_subscription_max_entries": (_count, 10000),
+    # ours: message lifecycle events (connnode/lifecycle.py, README "Message
+    # lifecycle events"): off by default; on for messages signed by one of
+    # these VAPID public keys (comma-separated base64url), or for all
+    "tracking_keys": (_tracking_keys, ""),
+    "track_all": (_parse_bool, False),
     # ours: seconds between passes of `connnode sweeper` (README "Storage
     # sweeper"), the embedded store's stand-in for DynamoDB TTL; 0 disables it
     "sweep_interval": (_seconds, 3600.0),

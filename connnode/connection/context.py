@@ -18,13 +18,16 @@ and feed the session frames without dynalite:
   holder, 3.4; ask the current holder to check storage, 2.16 step 5);
 * ``ended(session)``: counts the connection out and logs its summary;
 * ``broadcasts``: the worker's ``Broadcasts`` (``broadcasts.py``), or None
-  while broadcasts are off (no ``megaphone_api_url``).
+  while broadcasts are off (no ``megaphone_api_url``);
+* ``tracker``: the lifecycle events' ``Tracker`` (``connnode/lifecycle.py``),
+  used only for messages whose ``tracked`` is set.
 
 One context per worker, shared by every session (one reference each, as the
 node was): no memory per connection.
 """
 import logging
 
+from connnode.lifecycle import OFF
 from connnode.nodeclient import NodeConnectionError
 
 log = logging.getLogger(__name__)
@@ -59,10 +62,10 @@ class SessionContext:
     """The members a Session uses (see the module docstring)."""
 
     __slots__ = ("settings", "storage", "metrics", "registry", "timers", "pending",
-                 "deletes", "node_id", "peers", "ended", "broadcasts")
+                 "deletes", "node_id", "peers", "ended", "broadcasts", "tracker")
 
     def __init__(self, settings, storage, metrics, registry, timers, pending, deletes, node_id,
-                 peers, ended, broadcasts=None):
+                 peers, ended, broadcasts=None, tracker=OFF):
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
@@ -74,6 +77,7 @@ class SessionContext:
         self.peers = peers
         self.ended = ended
         self.broadcasts = broadcasts
+        self.tracker = tracker
 
     def endpoint_for(self, uaid, chid, key_raw):
         """The push endpoint URL of a new registration (2.5, 4.4)."""

@@ -108,6 +108,8 @@ class Drain:
     def _send_direct_frame(self, notification):
         if not self.transport.send(notification.frame()):
             return False
+        if notification.tracked:  # lifecycle events (connnode/lifecycle.py)
+            self.ctx.tracker.message("delivered", notification, via="direct")
         if notification.topic is not None:
             self._metric("ua.notification.topic")
         return True
@@ -125,6 +127,8 @@ class Drain:
             if direct is not None:
                 if direct is not ACKED:
                     self._count("direct_acked")
+                    if direct.tracked:
+                        self.ctx.tracker.message("acked", direct, code=code)
                     self._forget_direct(key, direct)
                 continue
             notification = self.batch.get(key)
@@ -132,6 +136,8 @@ class Drain:
                 continue
             stored_acked = True
             self._count("stored_acked")
+            if notification.tracked:
+                self.ctx.tracker.message("acked", notification, code=code)
             if notification.is_timestamped:
                 del self.batch[key]
             else:
@@ -288,6 +294,8 @@ class Drain:
                     sent = True
                 continue
             if item.expired(now):
+                if item.tracked:
+                    ctx.tracker.message("expired", item, ttl=item.ttl)
                 if not item.is_timestamped:
                     deletes.append(ctx.pending.spawn(
                         self.uaid, retry_forever, self.table.delete_message, self.uaid,
@@ -299,6 +307,8 @@ class Drain:
                 return False
             self._add_batch(key, item)
             self._send(item.frame())
+            if item.tracked:
+                ctx.tracker.message("delivered", item, via="stored")
             self._count("stored_retrieved")
             self._metric("ua.message_data", len(item.data or ""), {"source": "Stored"})
             if item.topic is not None:

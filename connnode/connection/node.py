@@ -22,6 +22,7 @@ from connnode.connection.session import Session
 from connnode.connection.timers import Timers
 from connnode.crypto import hash_uaid
 from connnode.db.dynamo import StorageError
+from connnode.lifecycle import Tracker
 from connnode.useragent import families, host_tag
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Node:
         self.context = SessionContext(
             settings, storage, metrics, self.registry, self.timers, self.pending,
             AckedDeletes(storage, self.pending), node_id, Peers(node_client, self.log_uaid),
-            self.session_ended, self.broadcasts)
+            self.session_ended, self.broadcasts, Tracker.from_settings(settings))
 
     def log_uaid(self, uaid):
         """The uaid as logs may show it: hashed when key_hash is set."""

@@ -4,6 +4,8 @@ the Flask app served on this worker's router port, never on the public port.
     PUT    /push/{uaid}                 direct delivery (3.2)
     PUT    /notif/{uaid}                ask the holder to check storage (3.3)
     DELETE /notif/{uaid}/{connected_at} close a superseded holder (3.4)
+    GET    /status/{uaid}               ours: whether this worker holds the uaid
+                                        (200 JSON; 404 otherwise), for ``connnode diagnose``
     GET    /status /health /__heartbeat__ /__lbheartbeat__ /__version__ (3.5, 4.11)
 
 Bodies are short ``text/plain`` strings; callers look only at the status.
@@ -39,6 +41,7 @@ _is_decimal = re.compile(r"[0-9]{1,20}").fullmatch
 MAX_BODY_BYTES = 1024 * 1024
 
 NOT_CONNECTED = "Client not connected."
+STATE_NAMES = ("awaiting_hello", "hello_in_progress", "ready", "closing")
 CHECK_BODIES = {200: "Notification check started", 202: "Flagged for Notification check"}
 
 
@@ -145,6 +148,18 @@ def create_router_app(node):
         session.terminate()
         return text("Terminated duplicate", 200)
 
+    def holder_status(uaid):
+        session = node.registry.get(uaid) if is_uaid(uaid) else None
+        if session is None:
+            return text(NOT_CONNECTED, 404)
+        return Response(json.dumps({
+            "held": True, "node_id": getattr(node, "node_id", None),
+            "connected_at": session.connected_at, "state": STATE_NAMES[session.state],
+            "outstanding_direct": len(session.direct), "outstanding_stored": len(session.batch),
+        }), 200, mimetype="application/json")
+
+    app.add_url_rule("/status/<uaid>", "holder_status", holder_status, methods=["GET"],
+                     provide_automatic_options=False)
     app.add_url_rule("/push/<uaid>", "push", _answered_by_router_app, methods=["PUT"],
                      provide_automatic_options=False)
     app.add_url_rule("/notif/<uaid>", "check", check, methods=["PUT"],

@@ -394,6 +394,7 @@ class Session(Drain):
         # own, anything else counts as 0 (a bounded set of metric names).
         code = nack.code if nack.code in NACK_CODES else 0
         self._metric("ua.command.nack", tags={"code": code})
+        self.ctx.tracker.nacked(self, nack.version, nack.code)  # connnode/lifecycle.py
         self._count("nacks")
 
     def _on_ping(self, _ping):
@@ -500,6 +501,8 @@ class Session(Drain):
             try:
                 table.store_message(notification)
                 saved += 1
+                if notification.tracked:
+                    self.ctx.tracker.message("saved", notification, table=table.name)
             except StorageError as exc:
                 log.warning("could not save a direct message at close: %s", exc)
         if not saved:

@@ -109,21 +109,22 @@ class MessageTable:
         item["uaid"] = hash_uaid(self.key_hash, notification.uaid)
         self.dynamo.call("put_item", TableName=self.name, Item=to_item(item), **kwargs)
 
-    def delete_message(self, uaid, sort_key, updateid=None):
+    def delete_message(self, uaid, sort_key, updateid=None, old=False):
         """Delete one message; with ``updateid`` only if it was not replaced.
-        Returns False when the condition failed (a newer message stays)."""
-        kwargs = {}
+        Returns False when the condition failed (a newer message stays).
+        With ``old``: the deleted item's attributes ({} for none) instead of True."""
+        kwargs = {"ReturnValues": "ALL_OLD"} if old else {}
         if updateid is not None:
-            kwargs = {"ConditionExpression": "#updateid = :updateid",
-                      "ExpressionAttributeNames": attr_names("updateid"),
-                      "ExpressionAttributeValues": {":updateid": to_attr(updateid)}}
+            kwargs.update({"ConditionExpression": "#updateid = :updateid",
+                           "ExpressionAttributeNames": attr_names("updateid"),
+                           "ExpressionAttributeValues": {":updateid": to_attr(updateid)}})
         try:
-            self.dynamo.call("delete_item", TableName=self.name,
-                             Key={"uaid": self._hashed(uaid), "chidmessageid": {"S": sort_key}},
-                             **kwargs)
+            result = self.dynamo.call(
+                "delete_item", TableName=self.name,
+                Key={"uaid": self._hashed(uaid), "chidmessageid": {"S": sort_key}}, **kwargs)
         except ConditionFailed:
             return False
-        return True
+        return from_item(result.get("Attributes") or {}) if old else True
 
     def delete_messages(self, keys):
         """Delete up to 25 messages, unconditionally, in one BatchWriteItem:

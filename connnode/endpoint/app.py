@@ -62,11 +62,12 @@ from connnode.encoding import b64url_encode, compact_json
 from connnode.endpoint.body import read_body
 from connnode.endpoint.broadcasts import broadcast_routes
 from connnode.endpoint.deadsubs import DeadSubscriptions
-from connnode.endpoint.delivery import Delivery
+from connnode.endpoint.delivery import DROPPED, Delivery
 from connnode.endpoint.errors import DEAD_STATUS, EndpointError, error_response, storage_error
 from connnode.endpoint.headers import message_headers, parse_topic, parse_ttl
 from connnode.endpoint.limits import RateLimits
 from connnode.endpoint.vapid import normalise_origin, parse_authorization, verify
+from connnode.lifecycle import Tracker
 from connnode.notification import Notification
 from connnode.status import NoSessions, status_routes
 
@@ -85,9 +86,10 @@ def _pad(text):
 
 class _Request:
     """What the POST handler learned so far (for the metrics of an error;
-    ``dead_key``: the dead-subscription cache's key once it missed)."""
+    ``dead_key``: the dead-subscription cache's key once it missed; ``key``,
+    set only once a signature verified: the VAPID public key, raw)."""
 
-    __slots__ = ("vapid", "dead_key")
+    __slots__ = ("vapid", "dead_key", "key")
 
     def __init__(self):
         self.vapid = False
@@ -109,6 +111,7 @@ class WebPushAPI:
         self.delivery = Delivery(storage, node_client, metrics, settings.durable_direct)
         self.limits = RateLimits.from_settings(settings, metrics)
         self.dead = DeadSubscriptions.from_settings(settings)
+        self.tracker = Tracker.from_settings(settings)
 
     # -- POST /wpush (4.6) -------------------------------------------------
     def post(self, rest, request):
@@ -180,8 +183,24 @@ class WebPushAPI:
             uaid, chid, self.crypto.message_id(uaid, chid, topic=topic, sortkey_timestamp=skt),
             ttl, int(now), topic=topic, sortkey_timestamp=skt,
             data=b64url_encode(body) if body else None, headers=forwarded)
+        if self.tracker.on:  # ours: lifecycle events (connnode/lifecycle.py)
+            return notification, self._deliver_tracked(notification, record, state)
         destination = self.delivery.deliver(notification, record)
         return notification, destination
+
+    def _deliver_tracked(self, notification, record, state):
+        """``deliver`` with the tracking decision made first (it travels with
+        the message) and the message's ``accepted``/``dropped`` event after."""
+        tracker = self.tracker
+        notification.tracked = tracker.enabled_for(getattr(state, "key", None))
+        destination = self.delivery.deliver(notification, record)
+        if notification.tracked:
+            if destination == DROPPED:
+                tracker.message("dropped", notification, reason="ttl 0 and no connected client")
+            else:
+                tracker.message("accepted", notification, destination=destination.lower(),
+                                ttl=notification.ttl, topic=notification.topic)
+        return destination
 
     def _check_vapid(self, headers, key_bound, key_digest, state):
         authorization = headers.get("Authorization")
@@ -196,6 +215,7 @@ class WebPushAPI:
         self.metrics.increment("updates.vapid.draft02" if credentials.version == 2
                                else "updates.vapid.draft01")
         state.vapid = True
+        state.key = credentials.public_key_raw
         self.limits.check_key(credentials.public_key_raw)
 
     def _check_dead(self, rest, state):
@@ -254,13 +274,22 @@ class WebPushAPI:
             if record is None or not self.storage.month_usable(record):
                 return 204, {}, None
             table = self.storage.message_table(record["current_month"])
-            if parsed.kind == TOPIC_PREFIX:
-                table.delete_message(parsed.uaid, parsed.sort_key, updateid=_pad(message_id))
+            updateid = _pad(message_id) if parsed.kind == TOPIC_PREFIX else None
+            if self.tracker.on:
+                self._delete_tracked(table, parsed, message_id, updateid)
             else:
-                table.delete_message(parsed.uaid, parsed.sort_key)
+                table.delete_message(parsed.uaid, parsed.sort_key, updateid=updateid)
         except StorageError as exc:
             return storage_error(exc, "storage", log).response()
         return 204, {}, None
+
+    def _delete_tracked(self, table, parsed, message_id, updateid):
+        """DELETE /m while tracking is on: the same call, returning the
+        deleted item, whose ``tracked`` attribute decides the event."""
+        old = table.delete_message(parsed.uaid, parsed.sort_key, updateid=updateid, old=True)
+        if self.tracker.track_all or (old and old.get("tracked") is True):
+            self.tracker.event("deleted", message_id, parsed.uaid, chid=parsed.chid,
+                               found=bool(old))
 
 
 def create_endpoint_app(storage, metrics, node_client, settings):

@@ -106,6 +106,7 @@ def test_every_protocol_option_exists():
                                        "rate_limit_subscription_burst", "rate_limit_max_buckets",
                                        "trusted_proxies", "dead_subscription_ttl",
                                        "dead_subscription_max_entries",
+                                       "tracking_keys", "track_all",
                                        "demo_page"}
 
 
