@@ -117,16 +117,18 @@ class Receivers(Fleet):
 
 
 class Pusher:
-    """A thread with its own asyncio loop: one WebSocket client (hello,
-    register, acks) and one keep-alive connection to the router port; a push
-    every PUSH_EVERY s while running. ``samples``: (monotonic time the PUT
-    was written, seconds to the frame)."""
+    """A thread with its own asyncio loop: one more client (hello, acks every
+    notification) and a keep-alive connection to the router port of the
+    worker holding it (each worker's port is tried: the others answer 404);
+    one PUT /push every ``every`` s while running. ``samples``: (monotonic
+    time the PUT was written, seconds to the frame). Used by c100k too."""
 
-    def __init__(self, key, port, router_port):
+    def __init__(self, key, port, router_ports, every=PUSH_EVERY):
         from connnode.crypto import TokenCrypto
 
         self.crypto = TokenCrypto([key])
-        self.port, self.router_port = port, router_port
+        self.port, self.router_ports, self.every = port, router_ports, every
+        self.router_port = None
         self.samples = []
         self.failure = None
         self.ready = threading.Event()
@@ -136,13 +138,13 @@ class Pusher:
     def start(self, timeout=30.0):
         self.thread.start()
         if not self.ready.wait(timeout) or self.failure:
+            self.stop()
             raise RuntimeError(f"pusher did not start: {self.failure!r}")
         return self
 
     def take(self):
-        """The samples since the previous call."""
-        if self.failure:
-            raise RuntimeError(f"pusher failed: {self.failure!r}")
+        """The samples since the previous call (a pusher that failed stops
+        pushing: ``failure`` says why, the fan-out figures go on)."""
         samples, self.samples = self.samples, []
         return samples
 
@@ -157,51 +159,69 @@ class Pusher:
             self.failure = exc
             self.ready.set()
 
-    def _request(self, uaid, chid):
+    def _request(self, uaid, chid, port):
         skt = int(time.time() * 1_000_000)
         body = json.dumps({
             "channelID": chid, "version": self.crypto.message_id(uaid, chid, sortkey_timestamp=skt),
             "ttl": 60, "topic": None, "timestamp": int(time.time()), "sortkey_timestamp": skt,
             "data": "aGVsbG8", "headers": {"encoding": "aes128gcm"}}).encode()
-        return (f"PUT /push/{uaid} HTTP/1.1\r\nHost: 127.0.0.1:{self.router_port}\r\n"
+        return (f"PUT /push/{uaid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                 ).encode() + body
+
+    @staticmethod
+    async def _answer(reader):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = 0
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        return int(head.split(b" ", 2)[1])
+
+    async def _frame(self, conn, uaid, chid):
+        """The next notification (acked)."""
+        while True:
+            frame = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            if frame.get("messageType") == "notification":
+                break
+        conn.send_text(json.dumps({"messageType": "ack", "updates": [
+            {"channelID": frame["channelID"], "version": frame["version"], "code": 100}]}))
 
     async def _run(self):
         from bench.wsclient import connect
 
         conn = await connect("127.0.0.1", self.port, timeout=10)
-        conn.send_text(hello_frame())
-        uaid = json.loads(await asyncio.wait_for(conn.recv(), 10))["uaid"]
-        chid = str(uuid.uuid4())
-        conn.send_text(json.dumps({"messageType": "register", "channelID": chid}))
-        assert json.loads(await asyncio.wait_for(conn.recv(), 10))["status"] == 200
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.router_port)
-        self.ready.set()
+        writer = None
         try:
+            conn.send_text(hello_frame())
+            uaid = json.loads(await asyncio.wait_for(conn.recv(), 10))["uaid"]
+            chid = str(uuid.uuid4())
+            for port in self.router_ports:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(self._request(uaid, chid, port))
+                if await self._answer(reader) == 200:
+                    await self._frame(conn, uaid, chid)
+                    self.router_port = port
+                    break
+                writer.close()
+                writer = None
+            if writer is None:
+                raise RuntimeError(f"no router port of {self.router_ports} holds the pusher")
+            self.ready.set()
             while not self.stopping.is_set():
-                request = self._request(uaid, chid)
+                request = self._request(uaid, chid, self.router_port)
                 sent = time.monotonic()
                 writer.write(request)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.lower().split(b"\r\n"):
-                    if line.startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
+                status = await self._answer(reader)
                 if status != 200:
                     raise RuntimeError(f"PUT /push answered {status}")
-                while True:
-                    frame = json.loads(await asyncio.wait_for(conn.recv(), 10))
-                    if frame.get("messageType") == "notification":
-                        break
+                await self._frame(conn, uaid, chid)
                 self.samples.append((sent, time.monotonic() - sent))
-                conn.send_text(json.dumps({"messageType": "ack", "updates": [
-                    {"channelID": frame["channelID"], "version": frame["version"], "code": 100}]}))
-                await asyncio.sleep(PUSH_EVERY)
+                await asyncio.sleep(self.every)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             conn.abort()
 
 
@@ -213,6 +233,8 @@ def one_change(megaphone, receivers, pusher, clients, version):
     times, duplicates = receivers.arrivals(version, clients)
     time.sleep(0.1)  # the pushes in flight at the last arrival
     pushes = pusher.take()
+    if pusher.failure:
+        raise RuntimeError(f"pusher failed: {pusher.failure!r}")
     before = [latency for sent, latency in pushes if sent + latency < changed]
     first, last = (times[0], times[-1]) if times else (None, None)
     during = [latency for sent, latency in pushes
@@ -248,7 +270,7 @@ def run(repeats=3, clients=CLIENTS):
         t0 = time.monotonic()
         receivers.connect(node.port, clients, broadcasts={MONITOR: "v1"}, timeout=300.0)
         connect_s = time.monotonic() - t0
-        pusher = Pusher(key, node.port, node.router_port).start()
+        pusher = Pusher(key, node.port, [node.router_port]).start()
         for repeat in range(repeats):
             samples.append(one_change(megaphone, receivers, pusher, clients, f"v{repeat + 2}"))
     finally:

@@ -99,7 +99,6 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 
@@ -164,29 +163,12 @@ def reset(conn):
 
 
 def _client_classes():
-    from bench.clients import Clients
+    from bench.broadcast_fanout import FanoutClients
 
-    class StormClients(Clients):
-        """``bench.clients`` plus ``storm_hello`` (a storm with retries and
-        failures by kind), ``alive``, ``reset`` and ``arrivals``."""
-
-        def __init__(self):
-            super().__init__()
-            self.arrivals = {}  # version -> [monotonic time of each client's first frame]
-            self.seen = {}      # version -> ids of the connections that had it
-            self.duplicates = 0
-
-        def _count(self, conn, payload):
-            if b'"broadcast"' not in payload:
-                return super()._count(conn, payload)
-            now = time.monotonic()
-            for version in set(json.loads(payload).get("broadcasts", {}).values()):
-                seen = self.seen.setdefault(version, set())
-                if id(conn) in seen:
-                    self.duplicates += 1
-                else:
-                    seen.add(id(conn))
-                    self.arrivals.setdefault(version, []).append(now)
+    class StormClients(FanoutClients):
+        """``bench.broadcast_fanout``'s clients (broadcast arrivals) plus
+        ``storm_hello`` (a storm with retries and failures by kind),
+        ``alive`` and ``reset``."""
 
         async def _attempt(self, host, port, source, uaid, broadcasts, timeout):
             """One try: (None, conn, reply, latency) or (kind, None, detail, None)."""
@@ -296,12 +278,6 @@ def _client_classes():
             self.conns = []
             self.arrivals, self.seen, self.duplicates = {}, {}, 0
             return {"reset": len(uaids), "uaids": uaids}
-
-        async def cmd_arrivals(self, version, expect, timeout=120.0):
-            deadline = time.monotonic() + timeout
-            while len(self.arrivals.get(version, ())) < expect and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            return {"times": self.arrivals.get(version, []), "duplicates": self.duplicates}
 
     return StormClients
 
@@ -549,115 +525,6 @@ def bare_calls(db, store_pid, processes, shares, node_ids, uaids_file=None, full
 
 # -- the pusher ----------------------------------------------------------------------------
 
-class Pusher:
-    """A thread with its own asyncio loop: one more client (hello, acks every
-    notification) and a keep-alive connection to the router port of the
-    worker holding it (each worker's port is tried: the others answer 404);
-    one PUT /push every PUSH_EVERY s while running. ``samples``: (monotonic
-    time the PUT was written, seconds to the frame)."""
-
-    def __init__(self, key, port, router_ports):
-        from connnode.crypto import TokenCrypto
-
-        self.crypto = TokenCrypto([key])
-        self.port, self.router_ports = port, router_ports
-        self.router_port = None
-        self.samples = []
-        self.failure = None
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._thread, name="pusher", daemon=True)
-
-    def start(self, timeout=30.0):
-        self.thread.start()
-        if not self.ready.wait(timeout) or self.failure:
-            self.stop()
-            raise RuntimeError(f"pusher did not start: {self.failure!r}")
-        return self
-
-    def take(self):
-        """The samples since the previous call (a pusher that failed stops
-        pushing: ``failure`` says why, the fan-out figures go on)."""
-        samples, self.samples = self.samples, []
-        return samples
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(15)
-
-    def _thread(self):
-        try:
-            asyncio.run(self._run())
-        except Exception as exc:  # noqa: BLE001 - reported by take()
-            self.failure = exc
-            self.ready.set()
-
-    def _request(self, uaid, chid, port):
-        skt = int(time.time() * 1_000_000)
-        body = json.dumps({
-            "channelID": chid, "version": self.crypto.message_id(uaid, chid, sortkey_timestamp=skt),
-            "ttl": 60, "topic": None, "timestamp": int(time.time()), "sortkey_timestamp": skt,
-            "data": "aGVsbG8", "headers": {"encoding": "aes128gcm"}}).encode()
-        return (f"PUT /push/{uaid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                ).encode() + body
-
-    @staticmethod
-    async def _answer(reader):
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = 0
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await asyncio.wait_for(reader.readexactly(length), 10)
-        return int(head.split(b" ", 2)[1])
-
-    async def _frame(self, conn, uaid, chid):
-        """The next notification (acked)."""
-        while True:
-            frame = json.loads(await asyncio.wait_for(conn.recv(), 10))
-            if frame.get("messageType") == "notification":
-                break
-        conn.send_text(json.dumps({"messageType": "ack", "updates": [
-            {"channelID": frame["channelID"], "version": frame["version"], "code": 100}]}))
-
-    async def _run(self):
-        from bench.wsclient import connect
-
-        conn = await connect("127.0.0.1", self.port, timeout=10)
-        writer = None
-        try:
-            conn.send_text(hello_text(None, {}))
-            uaid = json.loads(await asyncio.wait_for(conn.recv(), 10))["uaid"]
-            chid = str(uuid.uuid4())
-            for port in self.router_ports:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(self._request(uaid, chid, port))
-                if await self._answer(reader) == 200:
-                    await self._frame(conn, uaid, chid)
-                    self.router_port = port
-                    break
-                writer.close()
-                writer = None
-            if writer is None:
-                raise RuntimeError(f"no router port of {self.router_ports} holds the pusher")
-            self.ready.set()
-            while not self.stopping.is_set():
-                request = self._request(uaid, chid, self.router_port)
-                sent = time.monotonic()
-                writer.write(request)
-                status = await self._answer(reader)
-                if status != 200:
-                    raise RuntimeError(f"PUT /push answered {status}")
-                await self._frame(conn, uaid, chid)
-                self.samples.append((sent, time.monotonic() - sent))
-                await asyncio.sleep(PUSH_EVERY)
-        finally:
-            if writer is not None:
-                writer.close()
-            conn.abort()
-
-
 # -- the driver ----------------------------------------------------------------------------
 
 def socket_count(pid):
@@ -825,7 +692,9 @@ def one_repeat(fleet, repeat):
         lap("memory")
 
         # broadcast
-        pusher = Pusher(key, node.port, router_ports)
+        from bench.broadcast_fanout import Pusher
+
+        pusher = Pusher(key, node.port, router_ports, every=PUSH_EVERY)
         try:
             pusher.start()
         except RuntimeError as exc:  # the fan-out is measured all the same
