@@ -225,16 +225,18 @@ class Pusher:
             conn.abort()
 
 
-def one_change(megaphone, receivers, pusher, clients, version):
+def change_and_measure(megaphone, version, arrivals, pusher, baseline_s):
+    """Push alone for ``baseline_s``, then publish ``version`` and wait for
+    ``arrivals()`` ((sorted arrival times, duplicate frames)): the fan-out's
+    figures and the pushes during it against those before the change.
+    Used by c100k too."""
     pusher.take()
-    time.sleep(BASELINE_SECONDS)
+    time.sleep(baseline_s)
     changed = time.monotonic()
     megaphone.versions[MONITOR] = version
-    times, duplicates = receivers.arrivals(version, clients)
+    times, duplicates = arrivals()
     time.sleep(0.1)  # the pushes in flight at the last arrival
     pushes = pusher.take()
-    if pusher.failure:
-        raise RuntimeError(f"pusher failed: {pusher.failure!r}")
     before = [latency for sent, latency in pushes if sent + latency < changed]
     first, last = (times[0], times[-1]) if times else (None, None)
     during = [latency for sent, latency in pushes
@@ -243,7 +245,8 @@ def one_change(megaphone, receivers, pusher, clients, version):
     def ms(value):
         return None if value is None else 1000 * value
 
-    return {"version": version, "received": len(times), "duplicates": duplicates,
+    return {"received": len(times), "duplicates": duplicates,
+            "pusher_failure": repr(pusher.failure) if pusher.failure else None,
             "fanout_ms": ms(last - first) if times else None,
             "change_to_last_ms": ms(last - changed) if times else None,
             "change_to_first_ms": ms(first - changed) if times else None,
@@ -253,6 +256,15 @@ def one_change(megaphone, receivers, pusher, clients, version):
             "before_p99_ms": ms(percentile(before, 0.99)),
             "pushes": [[round(sent - changed, 4), round(1000 * latency, 2)]
                        for sent, latency in pushes]}
+
+
+def one_change(megaphone, receivers, pusher, clients, version):
+    figures = change_and_measure(megaphone, version,
+                                 lambda: receivers.arrivals(version, clients), pusher,
+                                 BASELINE_SECONDS)
+    if pusher.failure:
+        raise RuntimeError(f"pusher failed: {pusher.failure!r}")
+    return dict(figures, version=version)
 
 
 def run(repeats=3, clients=CLIENTS):

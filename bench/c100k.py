@@ -574,34 +574,11 @@ def floor(fleet):
 
 
 def fan_out(megaphone, fleet, pusher, expects):
-    from bench.common import percentile
+    from bench.broadcast_fanout import change_and_measure
 
-    pusher.take()
-    time.sleep(PUSH_BASELINE_S)
-    changed = time.monotonic()
-    megaphone.versions[MONITOR] = "v2"
-    times, duplicates = fleet.arrivals("v2", expects)
-    time.sleep(0.1)  # the pushes in flight at the last arrival
-    pushes = pusher.take()
-    before = [latency for sent, latency in pushes if sent + latency < changed]
-    first, last = (times[0], times[-1]) if times else (None, None)
-    during = [latency for sent, latency in pushes
-              if times and sent <= last and sent + latency >= first]
-
-    def ms(value):
-        return None if value is None else 1000 * value
-
-    return {"expected": sum(expects), "received": len(times), "duplicates": duplicates,
-            "pusher_failure": repr(pusher.failure) if pusher.failure else None,
-            "change_to_last_ms": ms(last - changed) if times else None,
-            "change_to_first_ms": ms(first - changed) if times else None,
-            "fanout_ms": ms(last - first) if times else None,
-            "during": len(during), "during_worst_ms": ms(max(during)) if during else None,
-            "during_p99_ms": ms(percentile(during, 0.99)),
-            "before": len(before), "before_worst_ms": ms(max(before)) if before else None,
-            "before_p99_ms": ms(percentile(before, 0.99)),
-            "pushes": [[round(sent - changed, 4), round(1000 * latency, 2)]
-                       for sent, latency in pushes]}
+    figures = change_and_measure(megaphone, "v2", lambda: fleet.arrivals("v2", expects), pusher,
+                                 PUSH_BASELINE_S)
+    return dict(figures, expected=sum(expects))
 
 
 def check_shape():
