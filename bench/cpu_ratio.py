@@ -71,11 +71,11 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
-from bench.common import (ConnectionNode, CpuMeter, Dynalite, Popen, crypto_key, free_port,
+from bench.common import (ConnectionNode, Dynalite, crypto_key, free_port,
                           machine, median, percentile, pyplot, raise_nofile, row, save_plot,
                           table_names)
 from bench.end_to_end import (NO_LIMITS, EndpointNode, SubscriberProcess, Subscribers, b64url,
-                              encrypted_body, raw_public_key)
+                              encrypted_body, raw_public_key, run_load)
 
 NAME = "cpu-ratio"
 CLIENTS = int(os.environ.get("CPU_RATIO_CLIENTS", "500"))
@@ -199,19 +199,7 @@ def closed_phase(load_config, pids, fleet, workdir, warmup, window, ok_status, l
     out = os.path.join(workdir, "requests.json")
     config = dict(load_config, closed=True, warmup=warmup, duration=window, out=out, drain=10.0)
     before = fleet.notifications()
-    load = Popen("wpushload", config, log_name=log_name)
-    meter = CpuMeter(dict(pids, load=load.pid))
-    phase = load.read(120)
-    assert phase == {"phase": "start"}, phase
-    meter.start()
-    phase = load.read(warmup + window + 30)
-    assert phase == {"phase": "stop"}, phase
-    cpu = meter.stop()
-    summary = load.read(60)
-    load.wait()
-    with open(out) as handle:
-        requests = json.load(handle)
-    os.unlink(out)
+    summary, cpu, requests = run_load(config, pids, log_name, 120)
     # The frame of every success arrives within moments (the CN writes it
     # before it answers the PUT).
     deadline = time.monotonic() + 3.0

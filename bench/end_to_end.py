@@ -215,6 +215,26 @@ class Subscribers(Fleet):
 
 # -- one level ------------------------------------------------------------------------
 
+def run_load(config, pids, log_name, start_timeout):
+    """One ``bench.wpushload`` run with ``config`` (its ``out`` file is read
+    and removed): (its totals, the CPU of ``pids`` and of the load over the
+    measured window, the per-request rows). Used by cpu-ratio and scaling too."""
+    load = Popen("wpushload", config, log_name=log_name)
+    meter = CpuMeter(dict(pids, load=load.pid))
+    phase = load.read(start_timeout)
+    assert phase == {"phase": "start"}, phase
+    meter.start()
+    phase = load.read(config["warmup"] + config["duration"] + 30)
+    assert phase == {"phase": "stop"}, phase
+    cpu = meter.stop()
+    summary = load.read(60)
+    load.wait()
+    with open(config["out"]) as handle:
+        requests = json.load(handle)
+    os.unlink(config["out"])
+    return summary, cpu, requests
+
+
 class Bench:
     def __init__(self, dynalite, cn, ep, fleet, workdir, key, subscriptions):
         self.dynalite, self.cn, self.ep, self.fleet = dynalite, cn, ep, fleet
@@ -245,19 +265,7 @@ class Bench:
         out = os.path.join(self.workdir, "requests.json")
         config = dict(self.wpush if system == "connnode" else self.push, rate=rate, warmup=warmup,
                       duration=window, max_connections=MAX_CONNECTIONS, out=out, drain=10.0)
-        load = Popen("wpushload", config, log_name=f"{NAME}-load")
-        meter = CpuMeter(dict(self.pids, load=load.pid))
-        phase = load.read(60)
-        assert phase == {"phase": "start"}, phase
-        meter.start()
-        phase = load.read(warmup + window + 30)
-        assert phase == {"phase": "stop"}, phase
-        cpu = meter.stop()
-        summary = load.read(60)
-        load.wait()
-        with open(out) as handle:
-            requests = json.load(handle)
-        os.unlink(out)
+        summary, cpu, requests = run_load(config, self.pids, f"{NAME}-load", 60)
         ok = 201 if system == "connnode" else 200
         # Every frame of a success reaches its client within moments (the
         # node writes it before it answers; a stored one follows its notif).
