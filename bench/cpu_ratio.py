@@ -75,7 +75,7 @@ from bench.common import (ConnectionNode, Dynalite, crypto_key, free_port,
                           machine, median, percentile, pyplot, raise_nofile, row, save_plot,
                           table_names)
 from bench.end_to_end import (NO_LIMITS, EndpointNode, SubscriberProcess, Subscribers, b64url,
-                              encrypted_body, raw_public_key, run_load)
+                              encrypted_body, frame_latencies, raw_public_key, run_load)
 
 NAME = "cpu-ratio"
 CLIENTS = int(os.environ.get("CPU_RATIO_CLIENTS", "500"))
@@ -208,16 +208,7 @@ def closed_phase(load_config, pids, fleet, workdir, warmup, window, ok_status, l
     arrivals, duplicates = fleet.arrivals(workdir)
     frames = fleet.notifications() - before
     new_duplicates, fleet.duplicates = duplicates - getattr(fleet, "duplicates", 0), duplicates
-    latencies, missing = [], 0
-    for message_id, _, t_send, _, status in requests:
-        if status != ok_status or message_id is None:
-            continue
-        arrived = arrivals.get(message_id)
-        if arrived is None:
-            missing += 1
-        else:
-            latencies.append(1000 * (arrived - t_send))
-    latencies.sort()
+    latencies, _, missing = frame_latencies(requests, arrivals, ok_status)
     ok_rate = summary["ok_rate"]
     us = {}
     for name in per_message:

@@ -215,6 +215,23 @@ class Subscribers(Fleet):
 
 # -- one level ------------------------------------------------------------------------
 
+def frame_latencies(requests, arrivals, ok_status):
+    """Match ``wpushload``'s request rows with the frames' arrival times (by
+    message id): (sorted ms from the request's write to its frame, the same
+    from its due time, successes whose frame never came)."""
+    latencies, from_due, missing = [], [], 0
+    for message_id, t_due, t_send, _, status in requests:
+        if status != ok_status or message_id is None:
+            continue
+        arrived = arrivals.get(message_id)
+        if arrived is None:
+            missing += 1
+        else:
+            latencies.append(1000 * (arrived - t_send))
+            from_due.append(1000 * (arrived - t_due))
+    return sorted(latencies), sorted(from_due), missing
+
+
 def run_load(config, pids, log_name, start_timeout):
     """One ``bench.wpushload`` run with ``config`` (its ``out`` file is read
     and removed): (its totals, the CPU of ``pids`` and of the load over the
@@ -275,18 +292,7 @@ class Bench:
             time.sleep(0.05)
         arrivals, duplicates = self.fleet.arrivals(self.workdir)
         self.delivered = self.fleet.notifications()
-        latencies, from_due, lost = [], [], 0
-        for message_id, t_due, t_send, _, status in requests:
-            if status != ok or message_id is None:
-                continue
-            arrived = arrivals.get(message_id)
-            if arrived is None:
-                lost += 1
-            else:
-                latencies.append(1000 * (arrived - t_send))
-                from_due.append(1000 * (arrived - t_due))
-        latencies.sort()
-        from_due.sort()
+        latencies, from_due, lost = frame_latencies(requests, arrivals, ok)
         p99 = percentile(latencies, 0.99)
         p99_due = percentile(from_due, 0.99)
         # From the due time: a load generator that had to wait for a free

@@ -94,6 +94,7 @@ class _Request:
     def __init__(self):
         self.vapid = False
         self.dead_key = None
+        self.key = None
 
 
 class WebPushAPI:
@@ -192,7 +193,7 @@ class WebPushAPI:
         """``deliver`` with the tracking decision made first (it travels with
         the message) and the message's ``accepted``/``dropped`` event after."""
         tracker = self.tracker
-        notification.tracked = tracker.enabled_for(getattr(state, "key", None))
+        notification.tracked = tracker.enabled_for(state.key)
         destination = self.delivery.deliver(notification, record)
         if notification.tracked:
             if destination == DROPPED:

@@ -23,8 +23,8 @@ import time
 import pytest
 import requests
 
-from tests.harness import PushClient, StatsdSink
-from tests.integration.test_endpoint import Service, assert_error
+from tests.harness import PushClient
+from tests.integration.test_endpoint import Service, assert_error, statsd  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,13 +103,6 @@ class CountingProxy:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def statsd():
-    sink = StatsdSink()
-    yield sink
-    sink.close()
 
 
 @pytest.fixture(scope="module")

@@ -77,47 +77,44 @@ class AnswerDroppingProxy:
         self.server.stop()
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "boto3"])
-def test_a_hello_write_whose_answer_was_lost_is_still_a_success(dynalite, lean):
+@pytest.fixture(params=[True, False], ids=["lean", "boto3"])
+def stores(dynalite, request):
+    """(Storage straight to dynalite, Storage through an AnswerDroppingProxy,
+    the proxy), on either request path."""
     proxy = AnswerDroppingProxy(int(dynalite.endpoint.rsplit(":", 1)[1]))
     try:
-        settings = make_settings(dynalite, ddb_lean_calls=lean)
+        settings = make_settings(dynalite, ddb_lean_calls=request.param)
         direct = Storage(settings)
         direct.create_tables()
         settings.aws_ddb_endpoint = proxy.endpoint
-        through_proxy = Storage(settings)
-        uaid = uuid.uuid4().hex
-        record = {"uaid": uaid, "node_id": "http://127.0.0.1:8100", "connected_at": 1000,
-                  "router_type": "webpush", "last_connect": 202401010001,
-                  "current_month": "message_2024_01", "record_version": 1, "expiry": 2000000000}
-        with gevent.Timeout(30):
-            assert through_proxy.router.register_user(record) == (True, {})
-        assert proxy.dropped == 1
-        stored = direct.router.get_uaid(uaid)
-        assert (stored["node_id"], stored["connected_at"]) == ("http://127.0.0.1:8100", 1000)
+        yield direct, Storage(settings), proxy
     finally:
         proxy.stop()
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "boto3"])
-def test_a_resumed_hello_write_whose_answer_was_lost_is_still_a_success(dynalite, lean):
-    proxy = AnswerDroppingProxy(int(dynalite.endpoint.rsplit(":", 1)[1]))
-    try:
-        settings = make_settings(dynalite, ddb_lean_calls=lean)
-        direct = Storage(settings)
-        direct.create_tables()
-        uaid = uuid.uuid4().hex
-        assert direct.router.register_user({
-            "uaid": uaid, "connected_at": 1000, "router_type": "webpush",
-            "last_connect": 202401010001, "current_month": "message_2024_01",
-            "record_version": 1, "expiry": 2000000000})[0]
-        settings.aws_ddb_endpoint = proxy.endpoint
-        through_proxy = Storage(settings)
-        with gevent.Timeout(30):
-            written, record = through_proxy.router.resume_user(uaid, "http://127.0.0.1:8100", 2000,
-                                                               2000000001)
-        assert proxy.dropped == 1
-        assert written and (record["node_id"], record["connected_at"]) == ("http://127.0.0.1:8100", 2000)
-        assert record["current_month"] == "message_2024_01"  # the rest, read back
-    finally:
-        proxy.stop()
+def test_a_hello_write_whose_answer_was_lost_is_still_a_success(stores):
+    direct, through_proxy, proxy = stores
+    uaid = uuid.uuid4().hex
+    record = {"uaid": uaid, "node_id": "http://127.0.0.1:8100", "connected_at": 1000,
+              "router_type": "webpush", "last_connect": 202401010001,
+              "current_month": "message_2024_01", "record_version": 1, "expiry": 2000000000}
+    with gevent.Timeout(30):
+        assert through_proxy.router.register_user(record) == (True, {})
+    assert proxy.dropped == 1
+    stored = direct.router.get_uaid(uaid)
+    assert (stored["node_id"], stored["connected_at"]) == ("http://127.0.0.1:8100", 1000)
+
+
+def test_a_resumed_hello_write_whose_answer_was_lost_is_still_a_success(stores):
+    direct, through_proxy, proxy = stores
+    uaid = uuid.uuid4().hex
+    assert direct.router.register_user({
+        "uaid": uaid, "connected_at": 1000, "router_type": "webpush",
+        "last_connect": 202401010001, "current_month": "message_2024_01",
+        "record_version": 1, "expiry": 2000000000})[0]
+    with gevent.Timeout(30):
+        written, record = through_proxy.router.resume_user(uaid, "http://127.0.0.1:8100", 2000,
+                                                           2000000001)
+    assert proxy.dropped == 1
+    assert written and (record["node_id"], record["connected_at"]) == ("http://127.0.0.1:8100", 2000)
+    assert record["current_month"] == "message_2024_01"  # the rest, read back
