@@ -18,10 +18,19 @@ bytes, so this bounds the call). Retries and redirects are off: a PUT /push
 must never be delivered twice. Anything urllib3 raises for a transport
 problem (refused, reset, DNS failure, timeout, broken pooled connection)
 becomes ``NodeConnectionError``; an HTTP answer of any status is returned.
+
+Plain ``http://`` nodes (the usual case: node-to-node traffic stays on the
+private network) are called over connnode/wire.py's keep-alive pools, one
+per node, with the same pool size, waits and timeouts (the whole call
+bounded by ``router_request_timeout``); ``wire_http_calls = false`` and
+``https://`` nodes keep urllib3.
 """
+from urllib.parse import urlsplit
+
 import urllib3
 from urllib3.exceptions import EmptyPoolError, HTTPError
 
+from connnode import wire
 from connnode.encoding import compact_json
 from connnode.onewrite import one_write_pools
 
@@ -34,6 +43,8 @@ CONGESTED = 503
 NUM_POOLS = 1000
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+WIRE_JSON_HEADERS = b"Content-Type: application/json\r\n"
+HTTP_PREFIX = "http://"
 
 
 class NodeConnectionError(Exception):
@@ -42,6 +53,10 @@ class NodeConnectionError(Exception):
 
 class NodeClient:
     def __init__(self, settings):
+        self.wire = settings.wire_http_calls
+        self.connect_timeout = settings.router_connect_timeout
+        self.total_timeout = settings.router_request_timeout
+        self._wire_pools = {}  # "host:port" -> WirePool, oldest first
         self.timeout = urllib3.Timeout(connect=settings.router_connect_timeout,
                                        total=settings.router_request_timeout)
         self.pool_timeout = settings.router_request_timeout
@@ -63,8 +78,13 @@ class NodeClient:
 
     def close(self):
         self.pool.clear()
+        pools, self._wire_pools = self._wire_pools, {}
+        for pool in pools.values():
+            pool.close()
 
     def _call(self, method, url, body, headers):
+        if self.wire and url.startswith(HTTP_PREFIX):
+            return self._call_wire(method, url, body, headers)
         try:
             response = self.pool.urlopen(method, url, body=body, headers=headers,
                                          redirect=False, preload_content=True,
@@ -74,3 +94,33 @@ class NodeClient:
         except (HTTPError, OSError) as exc:
             raise NodeConnectionError(f"{method} {url}: {exc}") from exc
         return response.status
+
+    def _call_wire(self, method, url, body, headers):
+        slash = url.find("/", len(HTTP_PREFIX))
+        if slash < 0:
+            netloc, path = url[len(HTTP_PREFIX):], "/"
+        else:
+            netloc, path = url[len(HTTP_PREFIX):slash], url[slash:]
+        pool = self._wire_pools.get(netloc) or self._new_wire_pool(netloc)
+        try:
+            return pool.request(method, path, body or b"", WIRE_JSON_HEADERS if headers else b"",
+                                total_timeout=self.total_timeout).status
+        except wire.PoolTimeout:
+            return CONGESTED
+        except (wire.WireError, UnicodeError) as exc:
+            raise NodeConnectionError(f"{method} {url}: {exc}") from exc
+
+    def _new_wire_pool(self, netloc):
+        try:
+            parts = urlsplit(HTTP_PREFIX + netloc)
+            host, port = parts.hostname, parts.port or 80
+        except ValueError as exc:
+            raise NodeConnectionError(f"bad node address {netloc!r}: {exc}") from exc
+        if not host:
+            raise NodeConnectionError(f"bad node address {netloc!r}")
+        if len(self._wire_pools) >= NUM_POOLS:  # drop the oldest node's pool
+            self._wire_pools.pop(next(iter(self._wire_pools))).close()
+        pool = self._wire_pools[netloc] = wire.WirePool(
+            host, port, maxsize=POOL_MAXSIZE, connect_timeout=self.connect_timeout,
+            block=True, pool_timeout=self.pool_timeout, host_header=netloc)
+        return pool

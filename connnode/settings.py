@@ -150,6 +150,10 @@ OPTIONS = {
     # Query, DeleteItem, BatchWriteItem) skip botocore's per-call machinery
     # (connnode/db/lean.py); false sends every call through boto3
     "ddb_lean_calls": (_parse_bool, True),
+    # ours: calls over plain http:// (the lean DynamoDB calls to a local
+    # store, node to node) use connnode/wire.py's keep-alive client; false:
+    # urllib3, as https:// always does
+    "wire_http_calls": (_parse_bool, True),
     # 9.2 connection node
     "port": (_port, 8080),
     "router_hostname": (_str, None),

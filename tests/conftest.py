@@ -42,14 +42,30 @@ def settings(dynalite):
     return make_settings(dynalite)
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "boto3"])
-def storage(request, settings):
-    """A Storage on fresh tables, once per DynamoDB request path: the lean
-    one (connnode/db/lean.py) and boto3 for every call."""
-    from connnode.db.storage import Storage
+#: (ddb_lean_calls, wire_http_calls) of each DynamoDB request path.
+REQUEST_PATHS = {"lean-wire": (True, True), "lean-urllib3": (True, False), "boto3": (False, False)}
 
-    settings.ddb_lean_calls = request.param
+
+@pytest.fixture(params=list(REQUEST_PATHS.values()), ids=list(REQUEST_PATHS))
+def request_path(request):
+    """Settings overrides for one DynamoDB request path: the lean one
+    (connnode/db/lean.py) over connnode/wire.py or over urllib3, and boto3
+    for every call."""
+    lean, wire = request.param
+    return {"ddb_lean_calls": lean, "wire_http_calls": wire}
+
+
+@pytest.fixture
+def storage(request_path, settings):
+    """A Storage on fresh tables, once per DynamoDB request path."""
+    from connnode.db.storage import Storage
+    from connnode.wire import WirePool
+
+    for name, value in request_path.items():
+        setattr(settings, name, value)
     store = Storage(settings)
-    assert (store.dynamo.lean is not None) is request.param
+    assert (store.dynamo.lean is not None) is request_path["ddb_lean_calls"]
+    if store.dynamo.lean is not None:
+        assert isinstance(store.dynamo.lean.pool, WirePool) is request_path["wire_http_calls"]
     store.create_tables()
     return store

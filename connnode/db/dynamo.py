@@ -100,16 +100,18 @@ class Dynamo:
     greenlet's stack is freed when it ends. Costs ~13 us per call.
     """
 
-    def __init__(self, client, own_greenlet=False, call_timeout=0.0, concurrency=0, lean=False):
+    def __init__(self, client, own_greenlet=False, call_timeout=0.0, concurrency=0, lean=False,
+                 wire=True):
         self.client = client
         #: ``lean``: True (or a ``LeanClient``) sends the hot item operations
         #: (``lean.OPERATIONS``) over connnode/db/lean.py's lean request path;
         #: boto3 keeps every other operation, and all of them when the
-        #: client's set-up is one the lean path does not cover.
+        #: client's set-up is one the lean path does not cover. ``wire``: its
+        #: plain-HTTP calls go over connnode/wire.py (else urllib3).
         self.lean = None
         self._lean_calls = {}
         if lean:
-            self._use_lean(lean)
+            self._use_lean(lean, wire)
         self.own_greenlet = own_greenlet
         #: Seconds a call may take, its wait for a turn and botocore's
         #: retries included (0: botocore's own timeouts only, which add up
@@ -121,12 +123,12 @@ class Dynamo:
         #: after one use ("Connection pool is full, discarding connection").
         self._turns = BoundedSemaphore(concurrency) if concurrency else None
 
-    def _use_lean(self, lean):
+    def _use_lean(self, lean, wire=True):
         from connnode.db.lean import OPERATIONS, LeanClient, LeanUnavailable
 
         if not isinstance(lean, LeanClient):
             try:
-                lean = LeanClient(self.client)
+                lean = LeanClient(self.client, wire=wire)
             except LeanUnavailable as exc:
                 log.warning("DynamoDB calls stay on boto3: %s", exc)
                 return

@@ -17,8 +17,10 @@ parses it for these operations. It reuses the boto3 client's endpoint URL,
 region, credentials object (a refreshable one, e.g. an instance role,
 refreshes itself in ``get_frozen_credentials()``, called for every request
 as botocore's signer does), certificate bundle, pool size, timeouts and
-number of attempts. Requests go over one urllib3 connection pool of the
-one-write classes (``connnode/onewrite.py``). Failures are botocore's
+number of attempts. Requests to a plain ``http://`` endpoint (a local
+store) go over connnode/wire.py's keep-alive pool (``wire=True``, the
+default), to ``https://`` (DynamoDB) over one urllib3 connection pool of
+the one-write classes (``connnode/onewrite.py``). Failures are botocore's
 exceptions, shaped as botocore shapes them: a 4xx/5xx answer is a
 ``ClientError`` (the class ``client.exceptions`` has for its code) whose
 ``response["Error"]`` holds ``Code`` (``__type`` after ``#``) and
@@ -68,6 +70,7 @@ from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.exceptions import ReadTimeoutError as URLLib3ReadTimeoutError
 from urllib3.exceptions import SSLError as URLLib3SSLError
 
+from connnode import wire
 from connnode.onewrite import one_write_pools
 
 log = logging.getLogger(__name__)
@@ -196,11 +199,19 @@ def make_pool(url, maxsize, timeout, verify=True):
     return one_write_pools()[parts.scheme](parts.hostname, port, **kwargs)
 
 
+def _wire_pool(parts, host_header, config):
+    """A connnode/wire.py pool for a plain-HTTP endpoint, with the boto3
+    client's pool size and timeouts."""
+    return wire.WirePool(parts.hostname, parts.port or 80, maxsize=config.max_pool_connections,
+                         connect_timeout=config.connect_timeout,
+                         read_timeout=config.read_timeout, host_header=host_header)
+
+
 class LeanClient:
     """The hot item operations of a boto3 DynamoDB client, without botocore's
     per-call machinery (see the module doc)."""
 
-    def __init__(self, client, credentials=None):
+    def __init__(self, client, credentials=None, wire=True):
         meta = client.meta
         url = meta.endpoint_url
         parts = urlsplit(url)
@@ -224,10 +235,14 @@ class LeanClient:
         self._key_for = None  # (secret key, date) of _key, the cached signing key
         self._key = None
         self._modeled = self._modeled_errors(meta.service_model)
-        self.pool = make_pool(url, config.max_pool_connections,
-                              urllib3.Timeout(connect=config.connect_timeout,
-                                              read=config.read_timeout),
-                              _verify_setting(client))
+        if wire and parts.scheme == "http":
+            self.pool = _wire_pool(parts, self._host, config)
+            self._send = self._send_wire
+        else:
+            self.pool = make_pool(url, config.max_pool_connections,
+                                  urllib3.Timeout(connect=config.connect_timeout,
+                                                  read=config.read_timeout),
+                                  _verify_setting(client))
 
     @staticmethod
     def _modeled_errors(service_model):
@@ -366,6 +381,23 @@ class LeanClient:
             raise ConnectionClosedError(error=exc, request=None, endpoint_url=url) from None
         except Exception as exc:  # noqa: BLE001 - as botocore: any other failure to send
             raise HTTPClientError(error=exc) from None
+
+    def _send_wire(self, target, body):
+        headers = self.signed_headers(target, body, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+        del headers["Host"]  # the pool writes it
+        block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        url = self.endpoint_url
+        try:
+            return self.pool.request("POST", "/", body, block.encode("latin-1"))
+        # as _send maps urllib3's failures
+        except wire.ConnectFailed as exc:
+            raise EndpointConnectionError(endpoint_url=url, error=exc) from None
+        except wire.ConnectTimedOut as exc:
+            raise ConnectTimeoutError(endpoint_url=url, error=exc) from None
+        except wire.ReadTimedOut as exc:
+            raise ReadTimeoutError(endpoint_url=url, error=exc) from None
+        except wire.ConnectionLost as exc:
+            raise ConnectionClosedError(error=exc, request=None, endpoint_url=url) from None
 
     def signed_headers(self, target, body, amz_date):
         """The request's headers, signed as ``botocore.auth.SigV4Auth`` signs

@@ -28,7 +28,8 @@ class Storage:
         self.dynamo = dynamo or Dynamo(make_client(settings), own_greenlet=own_greenlet,
                                        call_timeout=call_timeout,
                                        concurrency=settings.ddb_max_pool_connections,
-                                       lean=settings.ddb_lean_calls)
+                                       lean=settings.ddb_lean_calls,
+                                       wire=settings.wire_http_calls)
         self._health_dynamo = dynamo  # an injected double answers health too
         self.crypto = crypto or TokenCrypto(settings.crypto_keys)
         self.router = RouterTable(self.dynamo, settings.router_tablename,

@@ -31,11 +31,11 @@ def table_settings(dynalite, **overrides):
 
 # -- storage -----------------------------------------------------------------------
 
-@pytest.fixture(params=[True, False], ids=["lean", "boto3"])
-def storage(request, dynalite):
+@pytest.fixture
+def storage(request_path, dynalite):
     """A Storage on fresh tables (a broadcasts table of its own too), once
     per DynamoDB request path."""
-    store = Storage(table_settings(dynalite, ddb_lean_calls=request.param))
+    store = Storage(table_settings(dynalite, **request_path))
     store.create_tables()
     return store
 

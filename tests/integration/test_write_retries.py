@@ -77,13 +77,13 @@ class AnswerDroppingProxy:
         self.server.stop()
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "boto3"])
-def stores(dynalite, request):
+@pytest.fixture
+def stores(dynalite, request_path):
     """(Storage straight to dynalite, Storage through an AnswerDroppingProxy,
     the proxy), on either request path."""
     proxy = AnswerDroppingProxy(int(dynalite.endpoint.rsplit(":", 1)[1]))
     try:
-        settings = make_settings(dynalite, ddb_lean_calls=request.param)
+        settings = make_settings(dynalite, **request_path)
         direct = Storage(settings)
         direct.create_tables()
         settings.aws_ddb_endpoint = proxy.endpoint

@@ -4,6 +4,7 @@ its SigV4 signature are botocore's, answers and errors come back as boto3's,
 retries follow botocore's standard mode, and Dynamo.call maps the outcome to
 the same three error types as on the boto3 path."""
 import datetime
+import functools
 import json
 import re
 import socket
@@ -86,6 +87,16 @@ def quiet_environment(monkeypatch):
                  "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "AWS_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["wire", "urllib3"])
+def transport(request, monkeypatch):
+    """Every test runs over both of the lean client's plain-HTTP transports
+    (connnode/wire.py and urllib3): ``LeanClient(...)`` gets ``wire=`` this."""
+    original = LeanClient.__init__
+    monkeypatch.setattr(LeanClient, "__init__", functools.partialmethod(original,
+                                                                        wire=request.param))
+    return request.param
 
 
 @pytest.fixture

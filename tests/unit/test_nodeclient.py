@@ -40,8 +40,18 @@ def server():
     srv.stop(timeout=1)
 
 
+TRANSPORT = {"wire_http_calls": True}
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["wire", "urllib3"])
+def wire_http_calls(request, monkeypatch):
+    """Every test runs against both transports (connnode/wire.py, urllib3)."""
+    monkeypatch.setitem(TRANSPORT, "wire_http_calls", request.param)
+    return request.param
+
+
 def client(**overrides):
-    return NodeClient(Settings(hostname="127.0.0.1", **overrides))
+    return NodeClient(Settings(hostname="127.0.0.1", **{**TRANSPORT, **overrides}))
 
 
 def free_port():

@@ -51,7 +51,9 @@ def writes(monkeypatch, server):
 
 
 def settings(**overrides):
-    return Settings(statsd_host="", hostname="127.0.0.1", **overrides)
+    """The urllib3 transport, which is what connnode/onewrite.py changes
+    (connnode/wire.py writes once by construction: tests/unit/test_wire.py)."""
+    return Settings(statsd_host="", hostname="127.0.0.1", wire_http_calls=False, **overrides)
 
 
 def test_node_client_put_is_one_write(server, writes):

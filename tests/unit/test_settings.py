@@ -96,7 +96,8 @@ def test_every_protocol_option_exists():
     assert protocol <= set(OPTIONS)
     assert set(OPTIONS) - protocol == {"ddb_max_pool_connections", "ddb_call_timeout",
                                        "hello_storage_timeout",
-                                       "ddb_lean_calls", "durable_direct", "sweep_interval",
+                                       "ddb_lean_calls", "wire_http_calls",
+                                       "durable_direct", "sweep_interval",
                                        "megaphone_api_url", "megaphone_api_token",
                                        "megaphone_poll_interval", "broadcast_tablename",
                                        "megaphone_broadcaster_tokens", "megaphone_reader_token",
