@@ -42,6 +42,8 @@ import time
 
 from gevent.lock import BoundedSemaphore
 
+from connnode.sendall import sendall
+
 MAX_HEAD = 64 * 1024
 #: DynamoDB's largest answer (a BatchGetItem) is 16 MB.
 MAX_BODY = 32 * 1024 * 1024
@@ -125,7 +127,7 @@ class WirePool:
         keep = False
         try:
             try:
-                sock.sendall(message)
+                sendall(sock, message)
             except socket.timeout:
                 raise ReadTimedOut(f"{self.host}:{self.port}: send timed out") from None
             except OSError as exc:

@@ -36,6 +36,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from connnode.connection.closes import Close
 from connnode.connection.frames import close_frame
+from connnode.sendall import FastSendallHandler
 
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _ignore_start_response(status, headers, exc_info=None):
     return lambda data: None
 
 
-class ConnectionHandler(WebSocketHandler):
+class ConnectionHandler(FastSendallHandler, WebSocketHandler):
     """The connection node's gevent-websocket handler (``worker.wsgi_handler``).
 
     Class attributes are set once per worker at start-up.

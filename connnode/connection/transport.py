@@ -38,6 +38,7 @@ from connnode.connection.handler import release_http_state
 from connnode.connection.reader import (
     _CLOSING, _DEAD, _PEER_CLOSED, _PINGED, _PONG_SEEN, _STOP_SENDING, _TORN_DOWN, FrameReader,
 )
+from connnode.sendall import sendall
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class Transport(FrameReader):
                 if self._flags & stop:
                     return False
                 try:
-                    self._sock.sendall(frame)
+                    sendall(self._sock, frame)
                     self._unsent_bound += size
                 except OSError:
                     self._flags |= _DEAD
@@ -222,7 +223,7 @@ class Transport(FrameReader):
         if self._acquire_send_lock(blocking=False):
             if self._writable():
                 try:
-                    self._sock.sendall(frame)
+                    sendall(self._sock, frame)
                     self._unsent_bound += len(frame)
                     return True
                 except OSError:

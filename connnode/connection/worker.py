@@ -190,7 +190,9 @@ def make_router_server(listener, app, server_name, error_log=None):
     formatting of one), TCP_NODELAY on every connection."""
     from gevent import pywsgi, socket
 
-    class QuietHandler(pywsgi.WSGIHandler):
+    from connnode.sendall import FastSendallHandler
+
+    class QuietHandler(FastSendallHandler, pywsgi.WSGIHandler):
         def log_request(self):
             pass
 

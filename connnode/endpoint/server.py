@@ -24,6 +24,8 @@ import weakref
 
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
+from connnode.sendall import FastSendallHandler
+
 
 class EndpointServer(PyWSGIServer):
     def __init__(self, *args, **kwargs):
@@ -36,7 +38,7 @@ class EndpointServer(PyWSGIServer):
             handler.end_idle()
 
 
-class EndpointRequestHandler(PyWSGIHandler):
+class EndpointRequestHandler(FastSendallHandler, PyWSGIHandler):
     #: seconds a connection may stay silent: gunicorn's ``keepalive``, set
     #: per worker by ``EndpointWorker``
     idle_timeout = 2.0
