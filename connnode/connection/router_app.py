@@ -18,9 +18,11 @@ OPTIONS answers).
 ``deliver_direct(notification) -> bool``, ``request_check() -> 200|202`` and
 ``terminate()``.
 
-PUT /push is the hot path of direct delivery: ``RouterApp`` answers it as a
-plain WSGI callable and hands every other request to the Flask app (which
-keeps a stub route for it so other methods still get 405).
+PUT /push is the hot path of direct delivery, DELETE /notif the one of a
+reconnect storm (a hello taking over a uaid another worker holds):
+``RouterApp`` answers both as a plain WSGI callable and hands every other
+request to the Flask app (which keeps stub routes for them so other methods
+still get 405).
 
 Metrics are the session's (it tags them with the connection's user agent):
 ``ua.notification_check`` when a PUT /notif starts a check, and
@@ -71,13 +73,17 @@ class RouterApp:
             # Werkzeug would strip leading slashes and route "//notif/x" as
             # "/notif/x"; a path is exactly one of the routes or 404.
             return self._answer(start_response, 404, NOT_CONNECTED)
-        if environ.get("REQUEST_METHOD") != "PUT" or not path.startswith("/push/") \
-                or "/" in path[6:]:
+        method = environ.get("REQUEST_METHOD")
+        if method == "PUT" and path.startswith("/push/") and "/" not in path[6:]:
+            answer = self.push
+        elif method == "DELETE" and path.startswith("/notif/") and path.count("/") == 3:
+            answer = self.terminate
+        else:
             return self.flask(environ, start_response)
         try:
-            status, body = self.push(path[6:], environ)
+            status, body = answer(path, environ)
         except Exception:  # noqa: BLE001 - answer, never drop the request
-            self.logger.exception("PUT /push failed")
+            self.logger.exception("%s %s failed", method, path)
             status, body = 500, "Internal Server Error"
         return self._answer(start_response, status, body)
 
@@ -88,8 +94,9 @@ class RouterApp:
                                               ("Content-Length", str(len(payload)))])
         return [payload]
 
-    def push(self, uaid, environ):
-        """PROTOCOL.md 3.2: (status, body)."""
+    def push(self, path, environ):
+        """PUT /push/<uaid>, PROTOCOL.md 3.2: (status, body)."""
+        uaid = path[6:]
         if not is_uaid(uaid):
             return 404, NOT_CONNECTED
         try:
@@ -115,6 +122,19 @@ class RouterApp:
             return 200, "Client accepted for delivery"
         return 404, NOT_CONNECTED
 
+    def terminate(self, path, _environ):
+        """DELETE /notif/<uaid>/<connected_at>, PROTOCOL.md 3.4: (status,
+        body). A hello that took the uaid over asks the holder to let go;
+        in a reconnect storm that is most hellos, so it skips Flask too."""
+        _, _, uaid, connected_at = path.split("/")
+        if not (is_uaid(uaid) and _is_decimal(connected_at)):
+            return 404, NOT_CONNECTED
+        session = self.node.registry.get(uaid)
+        if session is None or session.connected_at != int(connected_at):
+            return 404, NOT_CONNECTED
+        session.terminate()
+        return 200, "Terminated duplicate"
+
     def test_client(self):
         from werkzeug.test import Client
         return Client(self, self.flask.response_class)
@@ -139,15 +159,6 @@ def create_router_app(node):
         status = 200 if session.request_check() == 200 else 202
         return text(CHECK_BODIES[status], status)
 
-    def terminate(uaid, connected_at):
-        if not (is_uaid(uaid) and _is_decimal(connected_at)):
-            return text(NOT_CONNECTED, 404)
-        session = node.registry.get(uaid)
-        if session is None or session.connected_at != int(connected_at):
-            return text(NOT_CONNECTED, 404)
-        session.terminate()
-        return text("Terminated duplicate", 200)
-
     def holder_status(uaid):
         session = node.registry.get(uaid) if is_uaid(uaid) else None
         if session is None:
@@ -164,7 +175,7 @@ def create_router_app(node):
                      provide_automatic_options=False)
     app.add_url_rule("/notif/<uaid>", "check", check, methods=["PUT"],
                      provide_automatic_options=False)
-    app.add_url_rule("/notif/<uaid>/<connected_at>", "terminate", terminate,
+    app.add_url_rule("/notif/<uaid>/<connected_at>", "terminate", _answered_by_router_app,
                      methods=["DELETE"], provide_automatic_options=False)
     status_routes(app, lambda: node.storage.health(),
                   lambda: {"clients": len(node.registry)})
@@ -179,6 +190,7 @@ def create_router_app(node):
     return RouterApp(node, app)
 
 
-def _answered_by_router_app(uaid):  # pragma: no cover - RouterApp takes PUT /push first
-    """Only there so that other methods on /push/<uaid> get 405."""
+def _answered_by_router_app(**_path):  # pragma: no cover - RouterApp answers first
+    """Only there so that other methods on /push/<uaid> and
+    /notif/<uaid>/<connected_at> get 405."""
     return TextResponse(NOT_CONNECTED, 404)

@@ -190,9 +190,10 @@ def make_router_server(listener, app, server_name, error_log=None):
     formatting of one), TCP_NODELAY on every connection."""
     from gevent import pywsgi, socket
 
+    from connnode.httpheaders import FastHeadersHandler
     from connnode.sendall import FastSendallHandler
 
-    class QuietHandler(FastSendallHandler, pywsgi.WSGIHandler):
+    class QuietHandler(FastHeadersHandler, FastSendallHandler, pywsgi.WSGIHandler):
         def log_request(self):
             pass
 

@@ -24,6 +24,7 @@ import weakref
 
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
+from connnode.httpheaders import FastHeadersHandler
 from connnode.sendall import FastSendallHandler
 
 
@@ -38,7 +39,7 @@ class EndpointServer(PyWSGIServer):
             handler.end_idle()
 
 
-class EndpointRequestHandler(FastSendallHandler, PyWSGIHandler):
+class EndpointRequestHandler(FastHeadersHandler, FastSendallHandler, PyWSGIHandler):
     #: seconds a connection may stay silent: gunicorn's ``keepalive``, set
     #: per worker by ``EndpointWorker``
     idle_timeout = 2.0
