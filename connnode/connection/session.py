@@ -34,7 +34,7 @@ from connnode.connection.drain import ACKED, NO_ITEMS, TOPIC, Drain
 from connnode.connection.hello import HelloRecord
 from connnode.connection.pending import retry_forever
 from connnode.connection.states import AWAITING_HELLO, CLOSING, HELLO_IN_PROGRESS, READY
-from connnode.db.dynamo import StorageError, ThroughputError
+from connnode.db.dynamo import StorageError, StorageUnavailable, ThroughputError
 from connnode.useragent import connection_tags
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,10 @@ class Session(HelloRecord, Drain):
             if exc is not deadline:
                 raise
             log.info("hello storage past its deadline")
+            self._hello_overloaded(wait=False)
+            return
+        except StorageUnavailable as exc:
+            log.info("hello storage unavailable: %s", exc)
             self._hello_overloaded(wait=False)
             return
         except StorageError as exc:

@@ -36,6 +36,14 @@ class ThroughputError(StorageError):
     overload rules instead of treating it as a failure."""
 
 
+class StorageUnavailable(StorageError):
+    """The store could not be reached or did not answer in time, retries
+    included (connect or read timeout, connection refused or closed): a
+    congested or absent store, not a refused call. A hello answers it as an
+    overload (issue 16: in a connect storm against one store process these
+    are what overload looks like)."""
+
+
 class ConditionFailed(StorageError):
     """A ConditionExpression did not hold."""
 
@@ -162,7 +170,8 @@ class Dynamo:
         return self._call(operation, kwargs)
 
     def _call(self, operation, kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as TransportError
 
         try:
             method = self._lean_calls.get(operation) or getattr(self.client, operation)
@@ -174,6 +183,8 @@ class Dynamo:
             if code == CONDITION_FAILED:
                 raise ConditionFailed(f"{operation}: condition failed", code) from None
             raise StorageError(f"{operation}: {code}: {exc}", code) from None
+        except (TransportError, HTTPClientError) as exc:
+            raise StorageUnavailable(f"{operation}: {exc}") from None
         except BotoCoreError as exc:
             raise StorageError(f"{operation}: {exc}") from None
 

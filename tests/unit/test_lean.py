@@ -22,8 +22,8 @@ from gevent import pywsgi
 from urllib3.connectionpool import HTTPSConnectionPool
 
 from connnode.db import lean
-from connnode.db.dynamo import (ConditionFailed, Dynamo, StorageError, ThroughputError,
-                                make_client)
+from connnode.db.dynamo import (ConditionFailed, Dynamo, StorageError, StorageUnavailable,
+                                ThroughputError, make_client)
 from connnode.db.lean import OPERATIONS, LeanClient
 from connnode.onewrite import OneWriteMixin
 from connnode.settings import Settings
@@ -360,14 +360,14 @@ def test_an_empty_retry_quota_stops_retries(server, sleeps):
     assert dynamo.lean.quota.available == 5  # a success gives 1 back
 
 
-def test_a_refused_connection_is_a_storage_error_after_retries(sleeps):
+def test_a_refused_connection_is_storage_unavailable_after_retries(sleeps):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     dynamo = lean_dynamo(f"http://127.0.0.1:{port}")
     with pytest.raises(StorageError) as info:
         dynamo.call("get_item", TableName="t", Key=KEY)
-    assert type(info.value) is StorageError and "Could not connect" in str(info.value)
+    assert type(info.value) is StorageUnavailable and "Could not connect" in str(info.value)
     assert sleeps == [0.025, 0.05, 0.1]
     with pytest.raises(EndpointConnectionError):
         dynamo.lean.get_item(TableName="t", Key=KEY)
