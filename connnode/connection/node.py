@@ -91,6 +91,24 @@ class Node:
         return make
 
     # -- life cycle -------------------------------------------------------------
+    def warm_up(self):
+        """Do once, at start-up, the lazy first-use work of the first
+        connection: the User-Agent parser builds its matchers (~1.2 MB) and
+        the first Fernet token initialises OpenSSL's cipher state (~3.7 MB).
+        Paid once per worker either way; done here it is part of the worker's
+        start-up memory (frozen with it) instead of the first client's hello
+        and register. Nothing is cached or stored."""
+        from connnode.useragent import families
+
+        sample = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+        try:
+            families.__wrapped__(sample)  # not through its cache
+            crypto = self.storage.crypto
+            token = crypto.endpoint_token("0" * 32, "00000000-0000-0000-0000-000000000000")
+            crypto.parse_endpoint_token(token, False)
+        except Exception:  # noqa: BLE001 - an optimisation only: never fatal
+            log.exception("warm-up failed")
+
     def start(self):
         self._rotation = gevent.spawn(self.storage.rotation.run_forever,
                                       self.settings.table_rotation_interval)

@@ -267,6 +267,8 @@ def post_worker_init(worker):
     worker.wsgi_handler = configure_handler(ConnectionHandler, settings, node)
     worker.wsgi = node.public_app
     node.start()
+    if hasattr(node, "warm_up"):
+        node.warm_up()
     freeze_startup_objects()
     worker.connnode_backdoor = start_backdoor(settings, slot, node, worker)
     if hasattr(node, "shutdown"):

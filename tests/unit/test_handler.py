@@ -202,3 +202,64 @@ def test_a_header_line_without_colon_refuses_the_upgrade(server):
     lines = ["GET / HTTP/1.1"] + [f"{name}: {value}" for name, value in GOOD.items()]
     data = ("\r\n".join(lines) + "\r\nNoColonHere\r\n\r\n").encode()
     assert raw_request(server.port, data).startswith(b"HTTP/1.1 400")
+
+
+# -- the hand-off of an upgraded connection (memory per idle client) ---------------
+
+def _pipelined_client(port):
+    """A handshake and a text frame sent in one write: the frame reaches the
+    server in the same read as the headers (pywsgi's buffer holds it)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 + client_frame(0x1, b"early"))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def _recv_frame(sock):
+    first, second = sock.recv(1)[0], sock.recv(1)[0]
+    length = second & 0x7F
+    payload = b""
+    while len(payload) < length:
+        payload += sock.recv(length - len(payload))
+    return first & 0x0F, payload
+
+
+def test_an_upgraded_connection_is_served_from_a_greenlet_of_its_own(make_server):
+    """The node's app (``serve_websocket``): the deep pywsgi greenlet ends and
+    a fresh one in the server's pool serves the connection, with the bytes
+    the client sent right after its handshake."""
+    from connnode.connection.handler import _UpgradedConnection
+
+    server = make_server(serving_app=True)
+    sock = _pipelined_client(server.port)
+    assert _recv_frame(sock) == (0x1, b"echo:early")
+    greenlets = list(server.server.pool)
+    assert len(greenlets) == 1 and isinstance(greenlets[0], _UpgradedConnection)
+    sock.sendall(client_frame(0x1, b"later"))
+    assert _recv_frame(sock) == (0x1, b"echo:later")
+    sock.close()
+
+
+def test_stopping_the_server_closes_handed_off_connections_1001(make_server):
+    server = make_server(serving_app=True)
+    client = RawClient(server.port)
+    assert client.status == 101
+    server.session()
+    server.server.stop(timeout=1)  # kills the pool's greenlets, as a worker's stop does
+    assert client.recv_close_code() == 1001
+
+
+def test_with_the_pool_full_the_connection_is_served_in_place(make_server):
+    from connnode.connection.handler import _UpgradedConnection
+
+    server = make_server(serving_app=True, pool_size=1)
+    sock = _pipelined_client(server.port)
+    assert _recv_frame(sock) == (0x1, b"echo:early")
+    greenlets = list(server.server.pool)
+    assert len(greenlets) == 1 and not isinstance(greenlets[0], _UpgradedConnection)
+    sock.close()

@@ -92,20 +92,29 @@ class App:
         return []
 
 
+class ServingApp(App):
+    """The same app with ``serve_websocket``, as the node's PublicApp has:
+    the handler hands its upgraded connections off to greenlets of their own."""
+
+    def serve_websocket(self, environ):
+        serve_connection(environ["wsgi.websocket"], self.factory, self.settings,
+                         close_safety=self.close_safety)
+
+
 class Server:
     def __init__(self, max_frame_bytes=1024, send_high_water=65536, close_handshake_timeout=0.0,
                  close_safety=None, max_connections=0, open_handshake_timeout=5.0,
-                 current_connections=None):
+                 current_connections=None, serving_app=False, pool_size=None):
         settings = SimpleNamespace(max_frame_bytes=max_frame_bytes, send_high_water=send_high_water,
                                    close_handshake_timeout=close_handshake_timeout)
-        self.app = App(settings, close_safety)
+        self.app = (ServingApp if serving_app else App)(settings, close_safety)
         attrs = {"max_connections": max_connections, "open_handshake_timeout": open_handshake_timeout}
         if current_connections is not None:
             attrs["current_connections"] = staticmethod(current_connections)
         handler = type("TestHandler", (ConnectionHandler,), attrs)
         # A pool, so that stop() kills the connections this server still holds.
         self.server = pywsgi.WSGIServer(("127.0.0.1", 0), self.app, handler_class=handler,
-                                        spawn=Pool(), log=None, error_log=None)
+                                        spawn=Pool(pool_size), log=None, error_log=None)
         self.server.start()
         self.port = self.server.server_port
         self.url = f"ws://127.0.0.1:{self.port}/"
