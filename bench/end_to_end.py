@@ -50,7 +50,9 @@ connection node's worker, the endpoint node's worker, dynalite, the load
 generator and the client processes is read over each measured window
 (everything shares this machine's cores).
 
-Target (the issue's): frame latency p99 at most 15 ms at 200 msg/s.
+Target (issue 11): frame latency p99 at most 10 ms at 200 msg/s in every
+repeat: the table's first row is the median p99, the second the worst
+repeat's, which carries the target.
 The endpoint's rate limits are raised out of reach (``NO_LIMITS``: one
 address and one key send everything; the buckets still run). Left out: TLS,
 a real network, DynamoDB's own latency (dynalite answers from
@@ -90,7 +92,7 @@ RAMP_WINDOW = 3.0
 MAX_CONNECTIONS = 64
 SUSTAINED_FRACTION = 0.95
 SUSTAINED_P99_MS = 100.0
-TARGET_P99_MS = 15.0
+TARGET_P99_MS = 10.0
 TTL = 60
 BODY_BYTES = 200
 SYSTEMS = ("connnode", "baseline")
@@ -434,11 +436,20 @@ def info(metric, unit, value, baseline, target=None, met=None):
             "target": target, "met": met}
 
 
+def worst(samples, system, rate, field):
+    values = [s["levels"][str(rate)][field] for s in samples[system] if str(rate) in s["levels"]]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
 def result(samples, repeats, subscribe_s):
-    p99 = med(samples, "connnode", RATE, "p99_ms")
+    worst_p99 = worst(samples, "connnode", RATE, "p99_ms")
     rows = [
-        info(f"frame latency p99, {RATE} msg/s", "ms", p99, med(samples, "baseline", RATE, "p99_ms"),
-             target=f"<= {TARGET_P99_MS:g} ms", met=p99 is not None and p99 <= TARGET_P99_MS),
+        info(f"frame latency p99, {RATE} msg/s", "ms", med(samples, "connnode", RATE, "p99_ms"),
+             med(samples, "baseline", RATE, "p99_ms")),
+        info(f"frame latency p99, {RATE} msg/s, worst repeat", "ms", worst_p99,
+             worst(samples, "baseline", RATE, "p99_ms"), target=f"<= {TARGET_P99_MS:g} ms",
+             met=worst_p99 is not None and worst_p99 <= TARGET_P99_MS),
         info(f"frame latency p50, {RATE} msg/s", "ms", med(samples, "connnode", RATE, "p50_ms"),
              med(samples, "baseline", RATE, "p50_ms")),
         info(f"frame p99 from due time, {RATE} msg/s", "ms", med(samples, "connnode", RATE, "p99_due_ms"),
