@@ -256,13 +256,7 @@ class ConnectionHandler(FastSendallHandler, WebSocketHandler):
             else:
                 self._run_wsgi_websocket()
         finally:
-            if not ws.closed:
-                # The app returned without serve_connection: close properly.
-                try:
-                    self.socket.sendall(_NORMAL_CLOSE_FRAME)
-                except OSError:
-                    pass
-                ws.closed = True
+            _close_if_open(ws, self.socket)
             self.environ["wsgi.websocket"] = None
             self.websocket = None
 
@@ -438,17 +432,21 @@ class _UpgradedConnection(Greenlet):
         try:
             app.serve_websocket(upgraded.environ)
         finally:
-            if not upgraded.closed:
-                # The app returned without serve_connection: close properly.
-                try:
-                    upgraded.socket.sendall(_NORMAL_CLOSE_FRAME)
-                except OSError:
-                    pass
-                upgraded.closed = True
+            _close_if_open(upgraded, upgraded.socket)
             try:
                 upgraded.socket.close()
             except OSError:
                 pass
+
+
+def _close_if_open(ws, sock):
+    """The app returned without serve_connection: close properly (1000)."""
+    if not ws.closed:
+        try:
+            sock.sendall(_NORMAL_CLOSE_FRAME)
+        except OSError:
+            pass
+        ws.closed = True
 
 
 def _buffered_ahead(sock, rfile):

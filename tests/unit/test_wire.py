@@ -224,11 +224,14 @@ def test_an_interrupted_call_drops_its_connection(servers):
     assert [number for number, _ in server.requests] == [1, 2]
 
 
+def slow_ok(sock):
+    """An answer after 20 ms, so that concurrent calls overlap."""
+    gevent.sleep(0.02)
+    sock.sendall(OK)
+    return True
+
+
 def test_a_blocking_pool_makes_callers_take_turns(servers):
-    def slow_ok(sock):
-        gevent.sleep(0.02)
-        sock.sendall(OK)
-        return True
     server = servers(*[slow_ok] * 10)
     pool = server.pool(maxsize=2, block=True, pool_timeout=5)
     calls = [gevent.spawn(pool.request, "GET", "/") for _ in range(10)]
@@ -248,10 +251,6 @@ def test_a_blocking_pool_with_no_free_connection_in_time_is_a_pool_timeout(serve
 
 
 def test_idle_connections_beyond_maxsize_are_closed(servers):
-    def slow_ok(sock):
-        gevent.sleep(0.02)
-        sock.sendall(OK)
-        return True
     server = servers(*[slow_ok] * 4)
     pool = server.pool(maxsize=1)
     calls = [gevent.spawn(pool.request, "GET", "/") for _ in range(4)]
