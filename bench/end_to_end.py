@@ -400,10 +400,14 @@ def run(repeats=3):
     return result(samples, repeats, subscribe_s)
 
 
-def med(samples, system, rate, field):
+def level_values(samples, system, rate, field):
+    """``field`` at ``rate`` in each repeat that has it."""
     values = [s["levels"][str(rate)][field] for s in samples[system] if str(rate) in s["levels"]]
-    values = [v for v in values if v is not None]
-    return median(values)
+    return [v for v in values if v is not None]
+
+
+def med(samples, system, rate, field):
+    return median(level_values(samples, system, rate, field))
 
 
 def pair(samples, system, rate, first, second):
@@ -437,9 +441,7 @@ def info(metric, unit, value, baseline, target=None, met=None):
 
 
 def worst(samples, system, rate, field):
-    values = [s["levels"][str(rate)][field] for s in samples[system] if str(rate) in s["levels"]]
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
+    return max(level_values(samples, system, rate, field), default=None)
 
 
 def result(samples, repeats, subscribe_s):

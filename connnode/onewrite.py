@@ -1,5 +1,9 @@
 """HTTP client connections that put a small request on the wire in one write.
 
+Used where connnode still goes through urllib3: boto3's own calls, https
+(DynamoDB, nodes behind TLS) and ``wire_http_calls = false``; plain-http
+calls otherwise go over connnode/wire.py, which writes once by construction.
+
 urllib3 2.x (under both boto3 and our node client) writes a request's header
 block and its body with two ``send()`` calls, so the peer (dynalite, a
 connection node's router) may be woken, and read, twice per request. An

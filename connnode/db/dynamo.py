@@ -110,6 +110,10 @@ class Dynamo:
 
     def __init__(self, client, own_greenlet=False, call_timeout=0.0, concurrency=0, lean=False,
                  wire=True):
+        from botocore import exceptions  # after gevent's patching, as boto3 itself
+
+        #: botocore's exception classes, looked up once, not per call
+        self._botocore_errors = exceptions
         self.client = client
         #: ``lean``: True (or a ``LeanClient``) sends the hot item operations
         #: (``lean.OPERATIONS``) over connnode/db/lean.py's lean request path;
@@ -170,22 +174,20 @@ class Dynamo:
         return self._call(operation, kwargs)
 
     def _call(self, operation, kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-        from botocore.exceptions import ConnectionError as TransportError
-
+        errors = self._botocore_errors
         try:
             method = self._lean_calls.get(operation) or getattr(self.client, operation)
             return method(**kwargs)
-        except ClientError as exc:
+        except errors.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in THROUGHPUT_CODES:
                 raise ThroughputError(f"{operation}: {code}", code) from None
             if code == CONDITION_FAILED:
                 raise ConditionFailed(f"{operation}: condition failed", code) from None
             raise StorageError(f"{operation}: {code}: {exc}", code) from None
-        except (TransportError, HTTPClientError) as exc:
+        except (errors.ConnectionError, errors.HTTPClientError) as exc:  # transport failures
             raise StorageUnavailable(f"{operation}: {exc}") from None
-        except BotoCoreError as exc:
+        except errors.BotoCoreError as exc:
             raise StorageError(f"{operation}: {exc}") from None
 
     # -- tables (6.5) --------------------------------------------------------
