@@ -30,7 +30,8 @@ server from ``worker.wsgi`` and ``worker.wsgi_handler``. There it:
 3. configures ``ConnectionHandler`` (``max_connections``,
    ``open_handshake_timeout``, ``current_connections`` from
    ``node.connections``) and puts it and the node's public app in place of
-   gunicorn's handler and the placeholder app;
+   gunicorn's handler and the placeholder app, and the public server class
+   (:func:`public_server_class`: one accept per wakeup) in place of its own;
 4. starts the node, the optional gevent backdoor (``backdoor_port + slot``,
    loopback only), and a watcher that calls ``node.shutdown`` once gunicorn
    asks the worker to stop, so clients get a 1001 close and unacked direct
@@ -213,6 +214,23 @@ def make_router_server(listener, app, server_name, error_log=None):
                         environ={"SERVER_NAME": server_name})
 
 
+def public_server_class(base):
+    """gunicorn's public server class with one ``accept`` per wakeup.
+
+    gevent accepts up to 100 connections each time the listening socket is
+    readable and runs their handshakes before anything else. In a connect
+    storm that starves the clients already connected: in the reconnect-storm
+    benchmark (5,000 clients, one worker) no hello reached storage until the
+    last handshake was done, 2.3 s in, while the store sat idle. Accepting one
+    at a time puts the next accept behind the hellos that are ready. With
+    several workers on one socket it also spreads a storm's connections:
+    a worker that is busy does not take a hundred at once (gunicorn's own
+    stream servers accept one at a time when there is more than one worker,
+    for the same reason).
+    """
+    return type("PublicServer", (base,), {"max_accept": 1})
+
+
 def configure_handler(handler, settings, node):
     """Set ConnectionHandler's per-worker class attributes. The node's
     ``connections`` is this process's one count of open WebSockets (its
@@ -266,6 +284,7 @@ def post_worker_init(worker):
     worker.connnode_router_server = router
     worker.wsgi_handler = configure_handler(ConnectionHandler, settings, node)
     worker.wsgi = node.public_app
+    worker.server_class = public_server_class(worker.server_class)
     node.start()
     if hasattr(node, "warm_up"):
         node.warm_up()

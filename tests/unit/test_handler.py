@@ -263,3 +263,34 @@ def test_with_the_pool_full_the_connection_is_served_in_place(make_server):
     greenlets = list(server.server.pool)
     assert len(greenlets) == 1 and not isinstance(greenlets[0], _UpgradedConnection)
     sock.close()
+
+
+def test_a_finished_websocket_is_collected_without_closing_it_again(server, monkeypatch):
+    """gevent-websocket's ``WebSocket.__del__`` calls ``close()`` even on a
+    closed object (a class built and a failed frame write per connection):
+    the handler's WebSocket objects skip it."""
+    from geventwebsocket.websocket import WebSocket
+
+    seen = []
+    serve = server.app.__call__
+    server.server.application = lambda environ, start: (
+        seen.append(environ.get("wsgi.websocket")) or serve(environ, start))
+    client = RawClient(server.port)
+    assert client.status == 101
+    server.session()
+    ws, = seen
+    closes = []
+    monkeypatch.setattr(WebSocket, "close", lambda self, *args, **kwargs: closes.append(args))
+    ws.__del__()
+    assert closes == []
+    assert isinstance(ws, WebSocket)  # still gevent-websocket's object otherwise
+
+
+def test_the_public_server_accepts_one_connection_per_wakeup():
+    from gevent import pywsgi
+
+    from connnode.connection.worker import public_server_class
+
+    cls = public_server_class(pywsgi.WSGIServer)
+    assert issubclass(cls, pywsgi.WSGIServer) and cls.max_accept == 1
+    assert pywsgi.WSGIServer.max_accept == 100  # gevent's own is left alone
