@@ -15,7 +15,7 @@ Commands (``cmd``):
 * ``count``: notification frames received so far by clients that finished
   ``connect`` (answer ``notifications``).
 * ``storm``: at monotonic time ``at`` open one client per ``uaids`` entry, all
-  at once; each sends hello with its uaid and waits for the hello reply and
+  at once (``bench.stormclient``: plain sockets on one epoll, not asyncio); each sends hello with its uaid and waits for the hello reply and
   ``expect`` notifications. Answer: per client seconds from ``at`` to the hello
   reply (``hello``) and to the last expected notification (``done``), and
   ``failed`` / ``errors`` / ``uaid_changed``. Clients do not ack, so the
@@ -36,7 +36,10 @@ import sys
 import time
 import uuid
 
+from bench.stormclient import OP_CLOSE, masked_frame, storm
 from bench.wsclient import ConnectionClosed, connect
+
+CLOSE_FRAME = masked_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
 
 
 def raise_nofile():
@@ -83,6 +86,7 @@ async def hello_and_register(conn, uaid, register, timeout, broadcasts=None):
 class Clients:
     def __init__(self):
         self.conns = []
+        self.storm_socks = []
         self.notifications = 0
 
     def _count(self, _conn, payload):
@@ -124,44 +128,11 @@ class Clients:
 
     # -- storm --------------------------------------------------------------------
     async def cmd_storm(self, host, port, uaids, at, expect=1, timeout=120.0):
-        delay = at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        errors = []
-        changed = 0
-
-        async def one(uaid):
-            nonlocal changed
-            try:
-                conn = await connect(host, port, timeout=timeout)
-            except (OSError, asyncio.TimeoutError, ConnectionClosed) as exc:
-                if len(errors) < 5:
-                    errors.append(repr(exc))
-                return None
-            self.conns.append(conn)
-            try:
-                conn.send_text(hello_frame(uaid))
-                reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-                t_hello = time.monotonic() - at
-                if reply.get("messageType") != "hello" or reply.get("status") != 200:
-                    raise RuntimeError(f"hello failed: {reply}")
-                if reply.get("uaid") != uaid:
-                    changed += 1
-                got = 0
-                while got < expect:
-                    message = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-                    if message.get("messageType") == "notification":
-                        got += 1
-                return t_hello, time.monotonic() - at
-            except (OSError, asyncio.TimeoutError, ConnectionClosed, RuntimeError, ValueError) as exc:
-                if len(errors) < 5:
-                    errors.append(repr(exc))
-                return None
-
-        results = await asyncio.gather(*(one(uaid) for uaid in uaids))
-        done = [r for r in results if r is not None]
-        return {"hello": [r[0] for r in done], "done": [r[1] for r in done],
-                "failed": len(uaids) - len(done), "errors": errors, "uaid_changed": changed}
+        # Blocking on purpose: nothing else runs in this process meanwhile,
+        # and the storm's own loop costs a fraction of asyncio's (stormclient).
+        answer, socks = storm(host, port, uaids, at, expect, timeout)
+        self.storm_socks.extend(socks)
+        return answer
 
     # -- drain --------------------------------------------------------------------
     async def cmd_drain(self, host, port, uaid, expect, timeout=120.0):
@@ -216,6 +187,13 @@ class Clients:
     async def cmd_close(self, timeout=10.0):
         for conn in self.conns:
             conn.close()
+        for sock in self.storm_socks:
+            try:
+                sock.send(CLOSE_FRAME)
+            except OSError:
+                pass
+            sock.close()
+        self.storm_socks = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not all(conn.closed for conn in self.conns):
             await asyncio.sleep(0.05)
