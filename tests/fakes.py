@@ -63,6 +63,11 @@ class FakeTransport:
 
     send_nowait = send  # the broadcast fan-out's send (transport.py)
 
+    def send_many(self, texts):
+        """A stored batch in one write: recorded as its frames, and as one write."""
+        self.writes = getattr(self, "writes", 0) + 1
+        return all([self.send(text) for text in texts])
+
     def ping(self):
         self.pings += 1
         return True

@@ -279,6 +279,7 @@ class Drain:
         ctx = self.ctx
         now = time.time()
         deletes = []
+        frames = []  # written together after the loop (Session._send_many)
         sent = False
         for item in items:
             key = (item.chid, item.version)
@@ -303,10 +304,11 @@ class Drain:
                 continue
             self.sent_in_drain += 1
             if self.sent_in_drain > ctx.settings.msg_limit:
+                self._send_many(frames)
                 self._reset_user()
                 return False
             self._add_batch(key, item)
-            self._send(item.frame())
+            frames.append(item.frame())
             if item.tracked:
                 ctx.tracker.message("delivered", item, via="stored")
             self._count("stored_retrieved")
@@ -314,6 +316,7 @@ class Drain:
             if item.topic is not None:
                 self._metric("ua.notification.topic")
             sent = True
+        self._send_many(frames)
         self.batch_phase = self.phase
         if not sent:
             if self.cursor is not None:

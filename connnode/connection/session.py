@@ -146,6 +146,10 @@ class Session(HelloRecord, Drain):
         if self.state < CLOSING:
             self.transport.send(text)
 
+    def _send_many(self, texts):
+        if texts and self.state < CLOSING:
+            self.transport.send_many(texts)
+
     def close(self, row):
         """Enter CLOSING: leave the registry at once, send the close frame
         of ``row`` (a ``Close`` row, 2.14)."""

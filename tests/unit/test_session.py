@@ -723,6 +723,20 @@ def test_stored_drain_pages_timestamped_messages_by_cursor(ctx):
         None, messages[9].sortkey_timestamp, messages[11].sortkey_timestamp]
 
 
+def test_a_stored_batch_is_written_at_once(ctx):
+    uaid = known_user(ctx)
+    chid = str(uuid.uuid4())
+    for _ in range(12):
+        stored(ctx, uaid, chid)
+    session, transport = connect(ctx)
+    hello(session, transport, uaid)
+    wait_until(lambda: len(transport.frames("notification")) == 10)
+    assert transport.writes == 1  # the batch of 10 in one write
+    ack(session, *transport.frames("notification"))
+    wait_until(lambda: len(transport.frames("notification")) == 12)
+    assert transport.writes == 2
+
+
 def test_expired_stored_messages_are_skipped_and_topic_ones_deleted(ctx):
     uaid = known_user(ctx)
     chid = str(uuid.uuid4())

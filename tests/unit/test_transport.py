@@ -85,6 +85,18 @@ def test_text_round_trip(server):
     assert session.transport.peer_close_code == 1000
 
 
+def test_send_many_writes_its_frames_in_one_write(server, monkeypatch):
+    client = RawClient(server.port)
+    session = server.session()
+    sent = []
+    real = cntransport.sendall
+    monkeypatch.setattr(cntransport, "sendall", lambda sock, data: (sent.append(data), real(sock, data))[1])
+    assert session.transport.send_many(["one", "twö", "x" * 300])
+    assert len(sent) == 1
+    assert [client.recv_frame() for _ in range(3)] == [
+        (0x1, b"one"), (0x1, "twö".encode()), (0x1, b"x" * 300)]
+
+
 def test_fragmented_message_is_reassembled(server):
     client = RawClient(server.port)
     session = server.session()
