@@ -32,7 +32,7 @@ from gevent.event import Event
 from connnode.connection.closes import Close
 from connnode.connection.pending import retry_forever
 from connnode.connection.states import CLOSING, HELLO_IN_PROGRESS, READY
-from connnode.db.dynamo import StorageError, ThroughputError
+from connnode.db.dynamo import StorageError, StorageUnavailable, ThroughputError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,12 @@ class Drain:
                     later = None
                 else:
                     cursor, items = self.table.fetch_timestamp_messages(self.uaid, self.cursor)
-            except ThroughputError:
+            except (ThroughputError, StorageUnavailable) as exc:
+                # An unreachable store (timeouts in a storm) is an overload
+                # like throttling: try later rather than close the client,
+                # who would reconnect into the same storm (README Decisions).
+                if isinstance(exc, StorageUnavailable):
+                    log.info("storage check postponed: %s", exc)
                 self._later(random.randint(*CHECK_RETRY_WAIT), self.start_check)
                 return
             except StorageError as exc:

@@ -801,6 +801,21 @@ def test_storage_check_failure_closes_1011(ctx):
     assert transport.close_code == Close.CHECK_FAILED.code == 1011
 
 
+@pytest.mark.parametrize("error", [ThroughputError("slow"), StorageUnavailable("read timeout")])
+def test_an_overloaded_store_postpones_the_check_instead_of_closing(ctx, monkeypatch, error):
+    from connnode.connection import drain
+
+    monkeypatch.setattr(drain, "CHECK_RETRY_WAIT", (0, 0))
+    uaid = known_user(ctx)
+    message = stored(ctx, uaid, str(uuid.uuid4()))
+    ctx.storage.fail("fetch_topic_phase", error, times=1)
+    session, transport = connect(ctx)
+    hello(session, transport, uaid)
+    wait_until(lambda: transport.frames("notification"))
+    assert [f["version"] for f in transport.frames("notification")] == [message.version]
+    assert transport.close_code is None
+
+
 def test_request_check_answers_202_while_busy_then_200(ctx):
     session, transport = connect(ctx)
     hello(session, transport)
