@@ -31,7 +31,9 @@ server from ``worker.wsgi`` and ``worker.wsgi_handler``. There it:
    ``open_handshake_timeout``, ``current_connections`` from
    ``node.connections``) and puts it and the node's public app in place of
    gunicorn's handler and the placeholder app, and the public server class
-   (:func:`public_server_class`: one accept per wakeup) in place of its own;
+   (:func:`public_server_class`: one accept per wakeup, none while at
+   ``max_connections`` with a sibling that has room, ``loadshare.py``) in
+   place of its own;
 4. starts the node, the optional gevent backdoor (``backdoor_port + slot``,
    loopback only), and a watcher that calls ``node.shutdown`` once gunicorn
    asks the worker to stop, so clients get a 1001 close and unacked direct
@@ -55,6 +57,7 @@ import ipaddress
 import logging
 import os
 
+from connnode.connection.loadshare import RECHECK, REPORT_INTERVAL, LoadShare, WorkerLoads
 from connnode.process import freeze_startup_objects, is_loopback_host, raise_nofile_limit
 from connnode.process import placeholder_app as _placeholder_app
 
@@ -123,12 +126,15 @@ def on_starting(server):
                          "address; refusing to start (the backdoor is a Python shell)")
     limit = raise_nofile_limit()
     server.log.info("connnode: RLIMIT_NOFILE soft limit %s", limit)
+    # Made before the first fork, so every worker shares it (loadshare.py).
+    server.connnode_loads = WorkerLoads()
 
 
 def pre_fork(server, worker):
     allocator = slots_of(server)
     allocator.retain(server.WORKERS.values())
     worker.connnode_slot = allocator.allocate(worker)
+    worker.connnode_loads = getattr(server, "connnode_loads", None)
 
 
 def child_exit(server, worker):
@@ -214,21 +220,46 @@ def make_router_server(listener, app, server_name, error_log=None):
                         environ={"SERVER_NAME": server_name})
 
 
-def public_server_class(base):
-    """gunicorn's public server class with one ``accept`` per wakeup.
+def public_server_class(base, share=None):
+    """gunicorn's public server class with one ``accept`` per wakeup, and,
+    given a :class:`~connnode.connection.loadshare.LoadShare`, no accept at
+    all while the pool is at ``max_connections`` and a sibling has room.
 
-    gevent accepts up to 100 connections each time the listening socket is
-    readable and runs their handshakes before anything else. In a connect
-    storm that starves the clients already connected: in the reconnect-storm
-    benchmark (5,000 clients, one worker) no hello reached storage until the
-    last handshake was done, 2.3 s in, while the store sat idle. Accepting one
-    at a time puts the next accept behind the hellos that are ready. With
-    several workers on one socket it also spreads a storm's connections:
-    a worker that is busy does not take a hundred at once (gunicorn's own
-    stream servers accept one at a time when there is more than one worker,
-    for the same reason).
+    One accept per wakeup: gevent accepts up to 100 connections each time the
+    listening socket is readable and runs their handshakes before anything
+    else. In a connect storm that starves the clients already connected: in
+    the reconnect-storm benchmark (5,000 clients, one worker) no hello reached
+    storage until the last handshake was done, 2.3 s in, while the store sat
+    idle. Accepting one at a time puts the next accept behind the hellos that
+    are ready.
     """
-    return type("PublicServer", (base,), {"max_accept": 1})
+    class PublicServer(base):
+        max_accept = 1
+        load_share = share
+        _recheck = None
+
+        def _do_read(self):
+            share, pool = self.load_share, self.pool
+            if share is not None and pool is not None and len(pool) >= share.limit \
+                    and share.sibling_has_room():
+                self.stop_accepting()
+                if self._recheck is None:
+                    self._recheck = self.loop.timer(RECHECK)
+                if not self._recheck.active:
+                    self._recheck.start(self._start_accepting_if_started)
+                return
+            super()._do_read()
+
+    return PublicServer
+
+
+def _report_load(share, node):
+    """This worker's line in the shared table (loadshare.py), until it exits."""
+    import gevent
+
+    while True:
+        share.report(node.connections)
+        gevent.sleep(REPORT_INTERVAL)
 
 
 def configure_handler(handler, settings, node):
@@ -284,7 +315,12 @@ def post_worker_init(worker):
     worker.connnode_router_server = router
     worker.wsgi_handler = configure_handler(ConnectionHandler, settings, node)
     worker.wsgi = node.public_app
-    worker.server_class = public_server_class(worker.server_class)
+    share = None
+    loads = getattr(worker, "connnode_loads", None)
+    if loads is not None and settings.max_connections > 0:
+        share = LoadShare(loads, slot, settings.max_connections)
+        gevent.spawn(_report_load, share, node)
+    worker.server_class = public_server_class(worker.server_class, share)
     node.start()
     if hasattr(node, "warm_up"):
         node.warm_up()

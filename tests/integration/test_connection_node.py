@@ -1,12 +1,15 @@
 """The connection node as a browser and the endpoint see it: real dynalite,
 real gunicorn processes, a real WebSocket client library, PUT /push and the
 storage layer to inject messages."""
+import os
 import select
+import signal
 import time
 import uuid
 
 import pytest
 import requests
+import websocket
 
 from connnode.db.rotation import shift_month, table_name
 from connnode.db.storage import Storage
@@ -575,6 +578,43 @@ def test_two_workers_route_by_router_port(dynalite, tmp_path):
             response, _ = cluster.push(node, made.uaid, chid, slot=1 - slot)
             assert response.status_code == 404
     finally:
+        for made in clients:
+            made.close()
+        cluster.stop()
+
+
+def test_a_worker_at_max_connections_leaves_new_clients_to_its_sibling(dynalite, tmp_path):
+    """A worker holding max_connections WebSockets stops accepting while its
+    sibling has room (loadshare.py): the sibling gets every new client instead
+    of the full worker answering 503 to its share. Once both are full, 503."""
+    cluster = Cluster(dynalite, tmp_path)
+    node = cluster.node(workers=2, max_connections=10)
+    pid = node.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        paused = int(handle.read().split()[1])
+    clients = []
+
+    def connect():
+        made = PushClient(node.ws_url)
+        clients.append(made)
+        made.hello()
+        return int(cluster.storage.router.get_uaid(made.uaid)["node_id"].rsplit(":", 1)[1])
+
+    try:
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            first = {connect() for _ in range(10)}  # all on the running worker
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        for slot in range(2):  # both hubs run again; the resumed one has reported
+            assert requests.get(f"{node.router_url(slot)}/__lbheartbeat__", timeout=5).ok
+        then = {connect() for _ in range(10)}  # without the gate, about half are 503s
+        assert len(first) == len(then) == 1 and first != then
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            PushClient(node.ws_url)
+        assert refused.value.status_code == 503
+    finally:
+        os.kill(paused, signal.SIGCONT)
         for made in clients:
             made.close()
         cluster.stop()

@@ -285,12 +285,3 @@ def test_a_finished_websocket_is_collected_without_closing_it_again(server, monk
     assert closes == []
     assert isinstance(ws, WebSocket)  # still gevent-websocket's object otherwise
 
-
-def test_the_public_server_accepts_one_connection_per_wakeup():
-    from gevent import pywsgi
-
-    from connnode.connection.worker import public_server_class
-
-    cls = public_server_class(pywsgi.WSGIServer)
-    assert issubclass(cls, pywsgi.WSGIServer) and cls.max_accept == 1
-    assert pywsgi.WSGIServer.max_accept == 100  # gevent's own is left alone
