@@ -31,8 +31,8 @@ server from ``worker.wsgi`` and ``worker.wsgi_handler``. There it:
    ``open_handshake_timeout``, ``current_connections`` from
    ``node.connections``) and puts it and the node's public app in place of
    gunicorn's handler and the placeholder app, and the public server class
-   (:func:`public_server_class`: one accept per wakeup, none while at
-   ``max_connections`` with a sibling that has room, ``loadshare.py``) in
+   (:func:`public_server_class`: one accept per wakeup, none while a
+   sibling worker should take the next connection, ``loadshare.py``) in
    place of its own;
 4. starts the node, the optional gevent backdoor (``backdoor_port + slot``,
    loopback only), and a watcher that calls ``node.shutdown`` once gunicorn
@@ -222,8 +222,8 @@ def make_router_server(listener, app, server_name, error_log=None):
 
 def public_server_class(base, share=None):
     """gunicorn's public server class with one ``accept`` per wakeup, and,
-    given a :class:`~connnode.connection.loadshare.LoadShare`, no accept at
-    all while the pool is at ``max_connections`` and a sibling has room.
+    given a :class:`~connnode.connection.loadshare.LoadShare`, none while it
+    says to leave the next connection to a sibling.
 
     One accept per wakeup: gevent accepts up to 100 connections each time the
     listening socket is readable and runs their handshakes before anything
@@ -240,8 +240,7 @@ def public_server_class(base, share=None):
 
         def _do_read(self):
             share, pool = self.load_share, self.pool
-            if share is not None and pool is not None and len(pool) >= share.limit \
-                    and share.sibling_has_room():
+            if share is not None and pool is not None and share.leave_to_sibling(len(pool)):
                 self.stop_accepting()
                 if self._recheck is None:
                     self._recheck = self.loop.timer(RECHECK)
@@ -253,13 +252,16 @@ def public_server_class(base, share=None):
     return PublicServer
 
 
-def _report_load(share, node):
-    """This worker's line in the shared table (loadshare.py), until it exits."""
+def _report_load(share, worker, node):
+    """This worker's line in the shared table (loadshare.py), while it accepts."""
     import gevent
 
-    while True:
-        share.report(node.connections)
-        gevent.sleep(REPORT_INTERVAL)
+    try:
+        while worker.alive and node.accepting:
+            share.report()
+            gevent.sleep(REPORT_INTERVAL)
+    finally:
+        share.withdraw()
 
 
 def configure_handler(handler, settings, node):
@@ -317,9 +319,9 @@ def post_worker_init(worker):
     worker.wsgi = node.public_app
     share = None
     loads = getattr(worker, "connnode_loads", None)
-    if loads is not None and settings.max_connections > 0:
-        share = LoadShare(loads, slot, settings.max_connections)
-        gevent.spawn(_report_load, share, node)
+    if loads is not None:
+        share = LoadShare(loads, slot, settings.max_connections, lambda: node.connections)
+        gevent.spawn(_report_load, share, worker, node)
     worker.server_class = public_server_class(worker.server_class, share)
     node.start()
     if hasattr(node, "warm_up"):

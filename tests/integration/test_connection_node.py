@@ -583,40 +583,67 @@ def test_two_workers_route_by_router_port(dynalite, tmp_path):
         cluster.stop()
 
 
+class PausedWorker:
+    """Two workers, one of them stopped (SIGSTOP) while the first clients
+    connect, so that they all land on the other one; the slots clients land on."""
+
+    def __init__(self, cluster, node):
+        self.cluster, self.node, self.clients = cluster, node, []
+        pid = node.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            self.pid = int(handle.read().split()[1])
+
+    def connect(self):
+        made = PushClient(self.node.ws_url)
+        self.clients.append(made)
+        made.hello()
+        record = self.cluster.storage.router.get_uaid(made.uaid)
+        return int(record["node_id"].rsplit(":", 1)[1]) - self.node.router_port
+
+    def connect_while_paused(self, count):
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            return [self.connect() for _ in range(count)]
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+            for slot in range(2):  # both hubs run again; the resumed one has reported
+                assert requests.get(f"{self.node.router_url(slot)}/__lbheartbeat__", timeout=5).ok
+
+    def close(self):
+        os.kill(self.pid, signal.SIGCONT)
+        for made in self.clients:
+            made.close()
+
+
 def test_a_worker_at_max_connections_leaves_new_clients_to_its_sibling(dynalite, tmp_path):
     """A worker holding max_connections WebSockets stops accepting while its
     sibling has room (loadshare.py): the sibling gets every new client instead
     of the full worker answering 503 to its share. Once both are full, 503."""
     cluster = Cluster(dynalite, tmp_path)
-    node = cluster.node(workers=2, max_connections=10)
-    pid = node.process.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as handle:
-        paused = int(handle.read().split()[1])
-    clients = []
-
-    def connect():
-        made = PushClient(node.ws_url)
-        clients.append(made)
-        made.hello()
-        return int(cluster.storage.router.get_uaid(made.uaid)["node_id"].rsplit(":", 1)[1])
-
+    workers = PausedWorker(cluster, cluster.node(workers=2, max_connections=10))
     try:
-        os.kill(paused, signal.SIGSTOP)
-        try:
-            first = {connect() for _ in range(10)}  # all on the running worker
-        finally:
-            os.kill(paused, signal.SIGCONT)
-        for slot in range(2):  # both hubs run again; the resumed one has reported
-            assert requests.get(f"{node.router_url(slot)}/__lbheartbeat__", timeout=5).ok
-        then = {connect() for _ in range(10)}  # without the gate, about half are 503s
+        first = set(workers.connect_while_paused(10))  # all on the running worker
+        then = {workers.connect() for _ in range(10)}  # without the gate, about half are 503s
         assert len(first) == len(then) == 1 and first != then
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-            PushClient(node.ws_url)
+            PushClient(workers.node.ws_url)
         assert refused.value.status_code == 503
     finally:
-        os.kill(paused, signal.SIGCONT)
-        for made in clients:
-            made.close()
+        workers.close()
+        cluster.stop()
+
+
+def test_a_worker_ahead_of_its_sibling_by_the_spread_leaves_new_clients_to_it(dynalite, tmp_path):
+    """Below any limit, a worker more than 100 WebSockets above its least
+    loaded sibling leaves new clients to it (loadshare.py)."""
+    cluster = Cluster(dynalite, tmp_path)
+    workers = PausedWorker(cluster, cluster.node(workers=2))
+    try:
+        first = set(workers.connect_while_paused(110))
+        then = {workers.connect() for _ in range(9)}  # 110 > 9 + 100; without it, alternating
+        assert len(first) == len(then) == 1 and first != then
+    finally:
+        workers.close()
         cluster.stop()
 
 

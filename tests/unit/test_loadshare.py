@@ -20,38 +20,60 @@ def test_the_table_is_shared_with_forked_workers():
     loads = WorkerLoads()
     pid = os.fork()
     if pid == 0:  # the worker
-        LoadShare(loads, 3, 100).report(42)
+        LoadShare(loads, 3, 100, lambda: 42).report()
         os._exit(0)
     assert os.waitpid(pid, 0)[1] == 0
     assert [(slot, count) for slot, _, count in loads.records()] == [(3, 42)]
 
 
-def test_a_sibling_has_room_when_fresh_and_below_the_limit_by_the_margin():
+def share_with(loads, limit, count, slot=0):
+    share = LoadShare(loads, slot, limit, lambda: count)
+    share.report()
+    return share
+
+
+def test_at_the_limit_a_sibling_below_it_by_the_margin_takes_the_next_connection():
     loads = WorkerLoads()
-    me = LoadShare(loads, 0, 1000)  # margin 10 (1 %)
-    me.report(1000)
-    assert not me.sibling_has_room()  # its own record does not count
+    me = share_with(loads, 1000, 1000)  # margin 10 (1 %), spread 100
+    assert not me.leave_to_sibling(1000)  # its own record does not count
     now = time.monotonic()
     loads.write(1, 990, now)
-    assert not me.sibling_has_room(now)  # within the margin: as good as full
+    assert not me.leave_to_sibling(1000, now)  # within the margin: as good as full
     loads.write(1, 989, now)
-    assert me.sibling_has_room(now)
-    assert not me.sibling_has_room(now + STALE_AFTER + 0.1)  # stopped reporting
-    loads.write(5, 0, now - STALE_AFTER - 1)  # a dead worker's last word
-    assert not me.sibling_has_room(now + STALE_AFTER + 0.1)
+    assert me.leave_to_sibling(1000, now)
+
+
+def test_below_the_limit_a_worker_stays_within_the_spread_of_the_least_loaded():
+    loads = WorkerLoads()
+    me = share_with(loads, 0, 500)  # no limit: spread 100
+    now = time.monotonic()
+    loads.write(1, 450, now)
+    loads.write(2, 400, now)
+    assert not me.leave_to_sibling(500, now)
+    loads.write(2, 399, now)
+    assert me.leave_to_sibling(500, now)
+
+
+def test_stale_and_withdrawn_siblings_are_left_out():
+    loads = WorkerLoads()
+    me = share_with(loads, 1000, 1000)
+    now = time.monotonic()
+    loads.write(1, 0, now)
+    assert me.leave_to_sibling(1000, now)
+    assert not me.leave_to_sibling(1000, now + STALE_AFTER + 0.1)  # stopped reporting
+    LoadShare(loads, 1, 1000, lambda: 0).withdraw()  # stopped accepting (shutdown)
+    assert not me.leave_to_sibling(1000, now)
 
 
 class FakeShare:
-    limit = 1
-
     def __init__(self):
-        self.room = True
+        self.leave = True
 
-    def sibling_has_room(self):
-        return self.room
+    def leave_to_sibling(self, pool_size):
+        return self.leave and pool_size >= 1
 
 
-def test_the_public_server_stops_accepting_at_the_limit_while_a_sibling_has_room():
+def test_the_public_server_stops_accepting_while_its_share_says_so():
     release = Event()
 
     def app(environ, start_response):
@@ -70,17 +92,17 @@ def test_the_public_server_stops_accepting_at_the_limit_while_a_sibling_has_room
         deadline = time.monotonic() + WAIT
         while len(server.pool) < 1 and time.monotonic() < deadline:
             gevent.sleep(0.01)
-        assert len(server.pool) == 1  # the worker is at its limit of 1
+        assert len(server.pool) == 1  # the share says: leave the next one
         waiting = socket.create_connection(("127.0.0.1", server.server_port), timeout=WAIT)
         waiting.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         waiting.setblocking(False)
-        gevent.sleep(0.3)  # six rechecks: each one sees the sibling's room
+        gevent.sleep(0.3)  # six rechecks, each told to leave it (a bounded wait for nothing)
         try:
             answer = waiting.recv(100)
         except BlockingIOError:
             answer = None
         assert answer is None  # left in the queue for a sibling
-        share.room = False  # every sibling full: this worker takes it after all
+        share.leave = False  # e.g. every sibling full: this worker takes it after all
         waiting.setblocking(True)
         waiting.settimeout(WAIT)
         assert waiting.recv(100).startswith(b"HTTP/1.1 200")
