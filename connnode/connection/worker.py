@@ -319,7 +319,7 @@ def post_worker_init(worker):
     worker.wsgi = node.public_app
     share = None
     loads = getattr(worker, "connnode_loads", None)
-    if loads is not None:
+    if loads is not None and settings.max_connections > 0:
         share = LoadShare(loads, slot, settings.max_connections, lambda: node.connections)
         gevent.spawn(_report_load, share, worker, node)
     worker.server_class = public_server_class(worker.server_class, share)

@@ -633,20 +633,6 @@ def test_a_worker_at_max_connections_leaves_new_clients_to_its_sibling(dynalite,
         cluster.stop()
 
 
-def test_a_worker_ahead_of_its_sibling_by_the_spread_leaves_new_clients_to_it(dynalite, tmp_path):
-    """Below any limit, a worker more than 100 WebSockets above its least
-    loaded sibling leaves new clients to it (loadshare.py)."""
-    cluster = Cluster(dynalite, tmp_path)
-    workers = PausedWorker(cluster, cluster.node(workers=2))
-    try:
-        first = set(workers.connect_while_paused(110))
-        then = {workers.connect() for _ in range(9)}  # 110 > 9 + 100; without it, alternating
-        assert len(first) == len(then) == 1 and first != then
-    finally:
-        workers.close()
-        cluster.stop()
-
-
 def test_two_nodes_hand_off(dynalite, tmp_path):
     cluster = Cluster(dynalite, tmp_path)
     node1, node2 = cluster.node(), cluster.node()
