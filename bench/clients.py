@@ -36,10 +36,10 @@ import sys
 import time
 import uuid
 
-from bench.stormclient import OP_CLOSE, masked_frame, storm
-from bench.wsclient import ConnectionClosed, connect
+from bench.stormclient import storm
+from bench.wsclient import OP_CLOSE, ConnectionClosed, client_frame, connect
 
-CLOSE_FRAME = masked_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
+CLOSE_FRAME = client_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
 
 
 def raise_nofile():

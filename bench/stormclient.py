@@ -18,7 +18,6 @@ from the server (pings answered, a close frame ends the client).
 """
 import base64
 import errno
-import hashlib
 import json
 import os
 import select
@@ -26,27 +25,12 @@ import socket
 import struct
 import time
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from bench.wsclient import OP_PING, OP_PONG, OP_TEXT, accept_key, client_frame
+
 RECV_SIZE = 65536
 MAX_BUFFERED = 1 << 20  # a client that gets more than this unparsed is failed
 
 CONNECTING, UPGRADING, HELLO_SENT, WAITING, DONE = range(5)
-OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
-
-
-def masked_frame(opcode, payload):
-    """A final client frame (RFC 6455 5.2), masked with a fresh key."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    mask = os.urandom(4)
-    key = (mask * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-    return header + mask + body
 
 
 def server_frames(buf):
@@ -83,11 +67,11 @@ def _handshake(host, port):
     request = (b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
                b"Sec-WebSocket-Protocol: push-notification\r\n\r\n") % (host.encode(), port, key)
-    return request, base64.b64encode(hashlib.sha1(key + GUID).digest())
+    return request, accept_key(key)
 
 
 def _hello(uaid):
-    return masked_frame(OP_TEXT, json.dumps({"messageType": "hello", "use_webpush": True,
+    return client_frame(OP_TEXT, json.dumps({"messageType": "hello", "use_webpush": True,
                                              "broadcasts": {}, "uaid": uaid}).encode())
 
 
@@ -167,7 +151,7 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
             frames, client.buf = server_frames(buf)
             for opcode, payload in frames:
                 if opcode == OP_PING:
-                    sock.send(masked_frame(OP_PONG, payload))
+                    sock.send(client_frame(OP_PONG, payload))
                     continue
                 if opcode != OP_TEXT:
                     client.stage = DONE

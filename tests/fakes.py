@@ -44,6 +44,7 @@ class FakeTransport:
 
     def __init__(self):
         self.sent = []
+        self.writes = 0  # send_many calls (a stored batch is one write)
         self.close_code = None
         self.close_reason = None
         self.busy = False
@@ -65,7 +66,7 @@ class FakeTransport:
 
     def send_many(self, texts):
         """A stored batch in one write: recorded as its frames, and as one write."""
-        self.writes = getattr(self, "writes", 0) + 1
+        self.writes += 1
         return all([self.send(text) for text in texts])
 
     def ping(self):

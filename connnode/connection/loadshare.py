@@ -23,9 +23,13 @@ of them full) it accepts, and the handshake is answered 503 (PROTOCOL.md
 so nobody waits for it for longer than ``STALE_AFTER``.
 
 Tried and dropped: also keeping the workers' counts within 2 % of the limit
-of each other. The counts came out even (16,313 to 16,932), but the storm
-took 508 s instead of 329 s: the kernel gives connections to the workers
-that are idle, and making the busiest one take its share slowed everyone.
+of each other. In one c100k run the counts came out even (16,313 to 16,932)
+and the connect storm took 508 s, against 330 s with the limit rule alone;
+but that run overlapped the previous run's bare calls for its first minutes,
+so the figure is not a clean comparison. The reason to drop it stands
+without one: the kernel gives a connection to a worker that is waiting in
+``accept``, and a spread rule makes every accept wait for the least loaded
+worker, whatever that worker is busy with.
 """
 import mmap
 import struct
