@@ -3,9 +3,9 @@
 Why not ``wsclient`` (asyncio): in the storm the clients share the machine's
 two cores with the node and the store, and asyncio's per-connection cost
 (``create_connection``, a transport, futures and a task per client) made the
-4 client processes use 2.4 core-seconds for 5,000 reconnects, about as much
-as the node under test. Here one client is a socket and a few fields, moved
-along by epoll events, for a fraction of that. A real client does what these
+4 client processes use 3.0-3.2 core-seconds for 5,000 reconnects, about as
+much as the node under test. Here one client is a socket and a few fields,
+moved along by epoll events, for about 1.2. A real client does what these
 do: it waits for the 101 (and checks ``Sec-WebSocket-Accept``) before it sends
 hello, masks its frames with a fresh key, and reads the server's frames.
 
