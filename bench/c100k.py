@@ -402,7 +402,8 @@ def writes_child(config):
     storage.router.get_uaid(uuid.uuid4().hex)  # the first pooled connection
     print(json.dumps({"ready": len(uaids)}), flush=True)
     at = json.loads(sys.stdin.readline())["at"]
-    errors, done, retried = [], [], []
+    errors, done = [], []
+    retried = 0
 
     def calls(uaid):
         now = time.time()
@@ -420,6 +421,7 @@ def writes_child(config):
             table.fetch_topic_phase(uaid)
 
     def one(uaid):
+        nonlocal retried
         # A call the store did not answer (timeouts once botocore's retries
         # are spent) is made again, as a client answered 503 overloaded
         # hellos again: the baseline is the time until every write is in.
@@ -427,7 +429,7 @@ def writes_child(config):
             try:
                 calls(uaid)
             except StorageUnavailable as exc:
-                retried.append(1)
+                retried += 1
                 if attempt == BARE_ATTEMPTS and len(errors) < 5:
                     errors.append(repr(exc))
                 continue
@@ -445,7 +447,7 @@ def writes_child(config):
     pool.join(timeout=config.get("timeout", 600))
     pool.kill(block=False)
     print(json.dumps({"done": done, "failed": len(uaids) - len(done), "errors": errors,
-                      "retried": len(retried)}), flush=True)
+                      "retried": retried}), flush=True)
 
 
 class Writers:

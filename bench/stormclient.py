@@ -30,7 +30,7 @@ from bench.wsclient import OP_PING, OP_PONG, OP_TEXT, accept_key, client_frame
 RECV_SIZE = 65536
 MAX_BUFFERED = 1 << 20  # a client that gets more than this unparsed is failed
 
-CONNECTING, UPGRADING, HELLO_SENT, WAITING, DONE = range(5)
+CONNECTING, UPGRADING, HELLO_SENT, WAITING = range(4)
 
 
 def server_frames(buf):
@@ -83,11 +83,16 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
     clients, results, errors, changed = {}, [], [], 0
     socks = []
 
+    def leave(client):
+        """The client is done or failed: no more events (``clients`` holds
+        only those still under way)."""
+        poller.unregister(client.sock)
+        del clients[client.sock.fileno()]
+
     def fail(client, why):
         if len(errors) < 5:
             errors.append(why)
-        poller.unregister(client.sock)
-        del clients[client.sock.fileno()]
+        leave(client)
         client.sock.close()
 
     for uaid in uaids:
@@ -104,8 +109,7 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
         socks.append(sock)
         poller.register(sock, select.EPOLLOUT)
     deadline = at + timeout
-    pending = len(clients)
-    while pending and time.monotonic() < deadline:
+    while clients and time.monotonic() < deadline:
         for fd, events in poller.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
             client = clients.get(fd)
             if client is None:
@@ -114,7 +118,6 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
             if client.stage == CONNECTING:
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
-                    pending -= 1
                     fail(client, f"connect: {os.strerror(code)}")
                     continue
                 request, client.accept = _handshake(host, port)
@@ -131,7 +134,6 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
             else:
                 why = "connection closed"
             if not data or len(client.buf) + len(data) > MAX_BUFFERED:
-                pending -= 1
                 fail(client, why if not data else "too much unparsed data")
                 continue
             buf = client.buf + data
@@ -142,7 +144,6 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
                     continue
                 head = buf[:end]
                 if not head.startswith(b"HTTP/1.1 101") or client.accept not in head:
-                    pending -= 1
                     fail(client, f"handshake: {head[:60]!r}")
                     continue
                 buf = buf[end + 4:]
@@ -154,8 +155,6 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
                     sock.send(client_frame(OP_PONG, payload))
                     continue
                 if opcode != OP_TEXT:
-                    client.stage = DONE
-                    pending -= 1
                     fail(client, f"frame opcode {opcode}")
                     break
                 try:
@@ -164,8 +163,6 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
                     message = {"unparsable": payload[:60].decode("latin-1")}
                 if client.stage == HELLO_SENT:
                     if message.get("messageType") != "hello" or message.get("status") != 200:
-                        client.stage = DONE
-                        pending -= 1
                         fail(client, f"hello failed: {message}")
                         break
                     client.t_hello = time.monotonic() - at
@@ -174,14 +171,11 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
                 elif message.get("messageType") == "notification":
                     client.got += 1
                 if client.stage == WAITING and client.got >= expect:
-                    client.stage = DONE
-                    pending -= 1
                     results.append((client.t_hello, time.monotonic() - at))
-                    poller.unregister(sock)
-                    del clients[fd]
+                    leave(client)
                     break
-    if pending and len(errors) < 5:
-        errors.append(f"{pending} clients not done within {timeout:g} s")
+    if clients and len(errors) < 5:
+        errors.append(f"{len(clients)} clients not done within {timeout:g} s")
     poller.close()
     return {"hello": [r[0] for r in results], "done": [r[1] for r in results],
             "failed": len(uaids) - len(results), "errors": errors,
