@@ -13,7 +13,9 @@ Set-up: an in-memory dynalite with the tables; a Megaphone stand-in
 (``common.Megaphone``, a thread of the driver) answering
 ``{"remote-settings/monitor_changes": "v1"}``; ``C100K_CLIENT_PROCESSES`` (6)
 client processes (this module run as ``python -m bench.c100k``:
-``bench.clients`` plus the commands below), process i connecting from its own
+``bench.clients`` plus the commands below; a storm's clients are plain
+sockets on one epoll, ``bench.stormclient.hello_storm``, handed to asyncio,
+``wsclient.adopt``, once connected), process i connecting from its own
 loopback source address ``127.0.0.(10 + i)`` (each address has its own
 28,000 ephemeral ports; every process holds ~16,700 sockets, under the
 machine's 20,000 descriptors).
@@ -35,7 +37,10 @@ machine's 20,000 descriptors).
    ``"broadcasts": {"remote-settings/monitor_changes": "v1"}``, no register.
    An attempt that fails (503 ``error - overloaded`` or anything else) is
    counted by kind, its socket reset, and the client retries after 0.2-1 s
-   until connected or ``C100K_DEADLINE`` (600 s) has passed. Figures: time
+   until connected or ``C100K_DEADLINE`` (600 s) has passed. (The clients
+   are plain sockets on one epoll per process, ``bench.stormclient``: with
+   asyncio's per-connection machinery they took a large share of the two
+   cores the node and the store need.) Figures: time
    until the last client has its hello reply, failed attempts by kind, the
    hello latency (TCP connect -> hello reply of the attempt that made it)
    p50 / p99 / max, clients connected (and still open afterwards).
@@ -94,7 +99,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["writes"]:
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -143,13 +147,6 @@ def source_address(index):
 
 # -- the client processes ----------------------------------------------------------------
 
-def hello_text(uaid, broadcasts):
-    message = {"messageType": "hello", "use_webpush": True, "broadcasts": broadcasts or {}}
-    if uaid:
-        message["uaid"] = uaid
-    return json.dumps(message)
-
-
 def reset(conn):
     """Drop the connection with a TCP reset (SO_LINGER 0): no TIME_WAIT keeps
     the source port, as when a network blip kills it."""
@@ -167,106 +164,25 @@ def reset(conn):
 
 def _client_classes():
     from bench.broadcast_fanout import FanoutClients
+    from bench.stormclient import hello_storm
+    from bench.wsclient import adopt
 
     class StormClients(FanoutClients):
         """``bench.broadcast_fanout``'s clients (broadcast arrivals) plus
         ``storm_hello`` (a storm with retries and failures by kind),
         ``alive`` and ``reset``."""
 
-        async def _attempt(self, host, port, source, uaid, broadcasts, timeout):
-            """One try: (None, conn, reply, latency) or (kind, None, detail, None)."""
-            from bench.wsclient import ConnectionClosed, HandshakeError, connect
-
-            started = time.monotonic()
-            try:
-                conn = await connect(host, port, timeout=timeout, source=source)
-            except asyncio.TimeoutError:
-                return "connect_timeout", None, "", None
-            except HandshakeError as exc:
-                return ("http_503" if " 503 " in str(exc) else "handshake_refused"), None, str(exc), None
-            except ConnectionClosed as exc:
-                return "handshake_lost", None, repr(exc), None
-            except OSError as exc:
-                return "connect_error", None, repr(exc), None
-            try:
-                conn.send_text(hello_text(uaid, broadcasts))
-                reply = json.loads(await asyncio.wait_for(conn.recv(), timeout))
-            except asyncio.TimeoutError:
-                reset(conn)
-                return "hello_timeout", None, "", None
-            except ConnectionClosed as exc:
-                reset(conn)
-                return "closed_before_reply", None, repr(exc), None
-            except (OSError, ValueError) as exc:
-                reset(conn)
-                return "other", None, repr(exc), None
-            status = reply.get("status")
-            if reply.get("messageType") == "hello" and status == 200:
-                if broadcasts and (reply.get("broadcasts") or {}).get("errors"):
-                    reset(conn)
-                    return "broadcast_unknown", None, json.dumps(reply), None
-                return None, conn, reply, time.monotonic() - started
-            reset(conn)
-            reason = reply.get("reason")
-            if status == 503:
-                kind = "overloaded" if reason == "error - overloaded" else "storage_error_503"
-            elif status == 500 and reason == "already_connected":
-                kind = "already_connected"
-            else:
-                kind = f"hello_{status}"
-            return kind, None, json.dumps(reply), None
-
-        async def cmd_storm_hello(self, host, port, at, count=0, uaids=None, source=None,
-                                  concurrency=300, broadcasts=None, deadline=600.0,
-                                  timeout=60.0, backoff=(0.2, 1.0)):
-            """At monotonic ``at``, ``count`` new clients (or one per ``uaids``
-            entry, resuming it), ``concurrency`` attempts in flight; failed
-            attempts retry after ``backoff`` until ``deadline`` s after ``at``."""
-            delay = at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            end = at + deadline
-            gate = asyncio.Semaphore(concurrency)
-            kinds, samples = {}, {}
-            latencies, done, got = [], [], []
-            changed = gave_up = 0
-            total = len(uaids) if uaids else count
-
-            async def client(i):
-                nonlocal changed, gave_up
-                uaid = uaids[i] if uaids else None
-                while True:
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        gave_up += 1
-                        return
-                    async with gate:
-                        try:
-                            kind, conn, reply, latency = await self._attempt(
-                                host, port, source, uaid, broadcasts, min(timeout, max(left, 1.0)))
-                        except Exception as exc:  # noqa: BLE001 - counted, never fatal
-                            kind, conn, reply, latency = "other", None, repr(exc), None
-                    if kind is None:
-                        break
-                    kinds[kind] = kinds.get(kind, 0) + 1
-                    if len(samples.setdefault(kind, [])) < 3:
-                        samples[kind].append(reply[:300])
-                    await asyncio.sleep(random.uniform(*backoff))
-                latencies.append(round(latency, 5))
-                done.append(round(time.monotonic() - at, 4))
-                conn.user = reply["uaid"]
-                if uaid and reply["uaid"] != uaid:
-                    changed += 1
-                conn.on_text = self._count
-                while conn._messages:  # anything that came right behind the reply
-                    self._count(conn, conn._messages.popleft())
-                got.append(conn)
-
-            await asyncio.gather(*(client(i) for i in range(total)))
-            self.conns.extend(got)
-            return {"connected": len(got), "gave_up": gave_up, "kinds": kinds,
-                    "samples": samples, "latency": latencies, "done": done,
-                    "uaid_changed": changed, "uaids": [conn.user for conn in got]}
+        async def cmd_storm_hello(self, host, port, at, **storm):
+            """``stormclient.hello_storm`` (its arguments and answer): the
+            storm runs blocking, as nothing else runs in this process
+            meanwhile (``Clients.cmd_storm`` does the same); then every
+            connected socket becomes a WSConnection counting what arrives."""
+            answer, connected = hello_storm(host, port, at, **storm)
+            for sock, uaid, leftover in connected:
+                conn = await adopt(sock, on_text=self._count, leftover=leftover)
+                conn.user = uaid
+                self.conns.append(conn)
+            return answer
 
         def cmd_alive(self):
             return {"alive": sum(1 for conn in self.conns if not conn.closed),

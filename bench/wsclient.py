@@ -7,6 +7,7 @@ task per connection. It sends the opening handshake, checks the 101 answer and
 (text, continuation, close, ping, pong), answers pings with pongs and close
 frames with a close frame. Received text messages are either handed to a
 callback (``on_text(conn, payload_bytes)``) or queued for :meth:`recv`.
+:func:`adopt` takes over a socket whose handshake was made elsewhere.
 
     conn = await connect("127.0.0.1", 8080)
     conn.send_text('{"messageType": "hello", "use_webpush": true}')
@@ -96,6 +97,9 @@ class WSConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        if self._open:  # adopted (see adopt): no handshake; parse what came with it
+            self._parse_frames()
+            return
         self._key = base64.b64encode(os.urandom(16))
         lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                  "Upgrade: websocket", "Connection: Upgrade",
@@ -258,4 +262,21 @@ async def connect(host, port, path="/", subprotocol="push-notification", on_text
     except BaseException:
         conn.abort()
         raise
+    return conn
+
+
+async def adopt(sock, on_text=None, leftover=b""):
+    """A WSConnection for ``sock``, a WebSocket whose handshake is done (e.g.
+    by ``stormclient.hello_storm``); ``leftover``: bytes already read from it
+    past the handshake. They are parsed in ``connection_made``, before the
+    transport starts reading, so frames keep their order."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:  # already reset: the transport will find out and close
+        host = port = None
+    conn = WSConnection(host, port, on_text=on_text)
+    conn._open = True
+    conn._buf += leftover
+    conn.opened.set_result(conn)
+    await asyncio.get_running_loop().create_connection(lambda: conn, sock=sock)
     return conn
