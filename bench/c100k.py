@@ -64,8 +64,8 @@ machine's 20,000 descriptors).
 7. The node is killed (its graceful shutdown of 100,000 sessions is not
    measured), and the bare storage calls run: ``C100K_WORKERS`` processes
    (this module, ``python -m bench.c100k writes``; gevent, the storage layer
-   with the node's settings: a pool of 100 and 100 calls in flight per
-   process), each with a gevent pool of 300 greenlets (the clients' bound per
+   with the node's settings: its pool, C100K_POOL or the default, and as many
+   calls in flight per process), each with a gevent pool of 300 greenlets (the clients' bound per
    process), all starting at one instant:
    * for the connect storm: one ``register_user`` (the conditional UpdateItem
      of a new uaid's hello) per fresh uaid, into an empty router table of its
@@ -83,7 +83,8 @@ machine's 20,000 descriptors).
 
 Every wait is bounded; every child dies with the driver and is stopped by it.
 Knobs (environment): C100K_CLIENTS, C100K_WORKERS, C100K_CLIENT_PROCESSES,
-C100K_CONCURRENCY, C100K_FLOOR_SOCKETS, C100K_DEADLINE, C100K_FULL_BASELINE.
+C100K_CONCURRENCY, C100K_FLOOR_SOCKETS, C100K_DEADLINE, C100K_FULL_BASELINE,
+C100K_POOL (``ddb_max_pool_connections`` of the node and the bare calls).
 
 Left out: registers (no channel per client; the issue's run was hello only);
 TLS; clients on other machines (all six source addresses are loopback, so
@@ -121,6 +122,9 @@ CONCURRENCY = knob("CONCURRENCY", 300)
 FLOOR_SOCKETS = knob("FLOOR_SOCKETS", min(15_000, CLIENTS))
 DEADLINE = knob("DEADLINE", 600)
 FULL_BASELINE = knob("FULL_BASELINE", 1) == 1
+#: ddb_max_pool_connections of the node's workers and of the bare-calls
+#: processes alike (0: the setting's default)
+POOL = knob("POOL", 0)
 MAX_CONNECTIONS = 19_000
 HELLO_TIMEOUT = 300
 ATTEMPT_TIMEOUT = 60.0
@@ -446,7 +450,7 @@ def bare_calls(db, store_pid, processes, shares, node_ids, uaids_file=None, full
     configs, start = [], 0
     for i, share in enumerate(shares):
         config = dict(db, node_id=node_ids[i % len(node_ids)], concurrency=CONCURRENCY,
-                      full=full, timeout=DEADLINE)
+                      full=full, timeout=DEADLINE, pool=POOL)
         if uaids_file:
             config.update(uaids=uaids_file, start=start, stop=start + share)
         else:
@@ -564,6 +568,7 @@ def one_repeat(fleet, repeat):
 
         node = ConnectionNode(dynalite, tables, key, workers=WORKERS, log_name=f"{NAME}-cn",
                               max_connections=MAX_CONNECTIONS, hello_timeout=HELLO_TIMEOUT,
+                              **({"ddb_max_pool_connections": POOL} if POOL else {}),
                               **megaphone.node_options(POLL_INTERVAL)).start()
         wait_broadcast_known(node.port, MONITOR)
         time.sleep(2 * POLL_INTERVAL + 0.5)  # every worker has polled
@@ -712,6 +717,7 @@ def run(repeats=1):
                          "concurrency_per_process": CONCURRENCY, "floor_sockets": FLOOR_SOCKETS,
                          "deadline_s": DEADLINE, "max_connections": MAX_CONNECTIONS,
                          "hello_timeout_s": HELLO_TIMEOUT, "attempt_timeout_s": ATTEMPT_TIMEOUT,
+                         "ddb_max_pool_connections": POOL or "default",
                          "backoff_s": BACKOFF, "poll_interval_s": POLL_INTERVAL,
                          "push_every_s": PUSH_EVERY, "full_baseline": FULL_BASELINE},
               "samples": [slim(sample) for sample in samples]}

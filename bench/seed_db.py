@@ -40,9 +40,10 @@ PAYLOAD = base64.urlsafe_b64encode(os.urandom(100)).decode("ascii").rstrip("=")
 def storage_for(config):
     from connnode.db.storage import Storage
 
+    pool = {"ddb_max_pool_connections": config["pool"]} if config.get("pool") else {}
     settings = Settings(aws_ddb_endpoint=config["endpoint"], router_tablename=config["router"],
                         message_tablename=config["message"], crypto_key=config["key"],
-                        hostname="127.0.0.1", statsd_host="")
+                        hostname="127.0.0.1", statsd_host="", **pool)
     storage = Storage(settings)
     if config.get("create"):
         storage.create_tables()

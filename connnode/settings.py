@@ -142,7 +142,7 @@ OPTIONS = {
     "router_connect_timeout": (_seconds, 0.5),
     "router_request_timeout": (_seconds, 3.0),
     "table_rotation_interval": (_seconds, 60.0),
-    "ddb_max_pool_connections": (_count, 100),
+    "ddb_max_pool_connections": (_count, 32),
     # ours: the endpoint node's bound on one DynamoDB call, retries included;
     # past it the POST answers 503 (a hung store must not hold publishers)
     "ddb_call_timeout": (_seconds, 3.0),
