@@ -14,13 +14,6 @@ close); this module
 * resets a user past ``msg_limit`` and moves a user to the current month's
   table (7.3).
 
-The next page of a timestamp drain is read while the client still holds
-the current batch (``prefetch``), so the client's round trip overlaps the
-store's: README Decisions "Stored drain reads ahead". It is sent, as 8.3
-says, only after the batch is acked, and dropped when it may be stale (a
-new check, a durable message's delete, an empty page while a check was
-asked for).
-
 Storage writes that must survive the connection run through
 ``retry_forever`` under the pending-write barrier (``pending.py``).
 
@@ -193,8 +186,6 @@ class Drain:
     def _deleted(self, key):
         if self.direct.get(key) is ACKED:
             del self.direct[key]
-        # A page read before this delete may hold the message: read again.
-        self.prefetch = None
 
     # -- stored delivery (8.2, 8.3) ----------------------------------------------
     def request_check(self):
@@ -222,7 +213,6 @@ class Drain:
         self.recheck = False
         self.draining = True
         self.phase = TOPIC
-        self.prefetch = None
         self._spawn_drain()
 
     def _spawn_drain(self):
@@ -247,15 +237,12 @@ class Drain:
             barrier = None
             if self.state >= CLOSING or generation != self.drain_generation:
                 return
-            prefetch, self.prefetch = self.prefetch, None
             try:
                 if self.phase == TOPIC:
                     cursor, items, later = self.table.fetch_topic_phase(self.uaid)
                 elif later is not None:
                     cursor, items = self.table.timestamp_phase(self.uaid, later, self.cursor)
                     later = None
-                elif prefetch is not None and not _stale(prefetch.get(), self.recheck):
-                    cursor, items = _page(prefetch.get())
                 else:
                     cursor, items = self.table.fetch_timestamp_messages(self.uaid, self.cursor)
             except (ThroughputError, StorageUnavailable) as exc:
@@ -286,24 +273,11 @@ class Drain:
             if not self._send_batch(items):
                 return
             if self.batch:
-                if (self.phase == TIMESTAMP and self.cursor is not None
-                        and self.sent_in_drain < ctx.settings.msg_limit):
-                    self.prefetch = gevent.spawn(self._read_ahead, ctx.pending.snapshot(self.uaid),
-                                                 self.cursor)
                 return  # wait for acks; _acknowledge continues
             if not self.draining:
                 if self.recheck:
                     self.start_check()
                 return
-
-    def _read_ahead(self, barrier, cursor):
-        """The page after ``cursor``, or the StorageError that read met
-        (returned, not raised: ``_drain`` raises it where a fetch would)."""
-        self.ctx.pending.wait(barrier)
-        try:
-            return self.table.fetch_timestamp_messages(self.uaid, cursor)
-        except StorageError as exc:
-            return exc
 
     def _send_batch(self, items):
         """Send a fetched batch (8.3 step 4-5). False when the drain must stop."""
@@ -429,20 +403,6 @@ class Drain:
         finally:
             paused, self.paused = self.paused, None
             paused.set()
-
-
-def _stale(page, recheck):
-    """An empty page read ahead says the drain is complete, unless a check
-    was asked for since (``recheck``): a message stored after the read began
-    may be missing from it. A failed read is never stale (it is raised)."""
-    return recheck and not isinstance(page, StorageError) and not page[1]
-
-
-def _page(page):
-    """(cursor, items) of a page read ahead; its StorageError raised."""
-    if isinstance(page, StorageError):
-        raise page
-    return page
 
 
 #: Pages of expired messages ``_next_live_message`` reads past at most.

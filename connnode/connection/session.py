@@ -66,7 +66,7 @@ class Session(HelloRecord, Drain):
         "queued", "direct",
         # the drain and the acks of stored messages (8.1-8.4)
         "batch", "batch_phase", "phase", "cursor", "draining", "recheck",
-        "sent_in_drain", "drain_generation", "prefetch",
+        "sent_in_drain", "drain_generation",
         # stats for the close summary (2.16)
         "registers", "_counts",
         # Megaphone broadcasts (2.11, broadcasts.py): the ids this client is
@@ -98,7 +98,6 @@ class Session(HelloRecord, Drain):
         self.recheck = False
         self.sent_in_drain = 0
         self.drain_generation = 0
-        self.prefetch = None        # the next timestamp page, read while a batch is out
         self.paused = None          # an Event while reading is paused (table move)
         # Counters for the close summary (see ``stats``). "registers", the one
         # an idle client usually has, is a plain int: a dict holding one

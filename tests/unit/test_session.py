@@ -725,65 +725,6 @@ def test_stored_drain_pages_timestamped_messages_by_cursor(ctx):
         None, messages[9].sortkey_timestamp, messages[11].sortkey_timestamp]
 
 
-def test_stored_drain_reads_the_next_page_while_the_batch_is_out(ctx):
-    uaid = known_user(ctx)
-    chid = str(uuid.uuid4())
-    messages = [stored(ctx, uaid, chid) for _ in range(12)]
-    session, transport = connect(ctx)
-    hello(session, transport, uaid)
-
-    def reads():
-        return [args[1] for args in ctx.storage.called("fetch_timestamp_messages")]
-
-    wait_until(lambda: len(transport.frames("notification")) == 10)
-    # The page after the batch is read before the client acks it, and held.
-    wait_until(lambda: reads()[-1:] == [messages[9].sortkey_timestamp])
-    assert len(transport.frames("notification")) == 10
-    before = len(reads())
-    ack(session, *transport.frames("notification"))
-    wait_until(lambda: len(transport.frames("notification")) == 12)
-    assert reads()[before:before + 1] != [messages[9].sortkey_timestamp]  # not read twice
-    ack(session, *transport.frames("notification")[10:])
-    wait_until(lambda: not session.draining)
-    assert ctx.storage.current_table.channel_row(uaid)["current_timestamp"] == \
-        messages[11].sortkey_timestamp
-
-
-def test_an_empty_page_read_ahead_is_read_again_when_a_check_was_asked_for(ctx):
-    uaid = known_user(ctx)
-    chid = str(uuid.uuid4())
-    first = stored(ctx, uaid, chid)
-    session, transport = connect(ctx)
-    hello(session, transport, uaid)
-    wait_until(lambda: len(transport.frames("notification")) == 1)
-
-    def reads():
-        return [args[1] for args in ctx.storage.called("fetch_timestamp_messages")]
-
-    wait_until(lambda: reads()[-1:] == [first.sortkey_timestamp])  # read ahead: empty
-    late = stored(ctx, uaid, chid)  # stored after that read; the endpoint says so
-    assert session.request_check() == 202
-    ack(session, first)
-    # Delivered by this drain at once, not by a check a second later.
-    wait_until(lambda: len(transport.frames("notification")) == 2, timeout=0.5)
-    assert transport.frames("notification")[1]["version"] == late.version
-
-
-def test_a_durable_delete_drops_the_page_read_ahead(ctx):
-    uaid = known_user(ctx)
-    chid = str(uuid.uuid4())
-    first = stored(ctx, uaid, chid)
-    session, transport = connect(ctx)
-    hello(session, transport, uaid)
-    wait_until(lambda: session.prefetch is not None and session.prefetch.ready())
-    session._deleted((chid, "not outstanding"))
-    assert session.prefetch is None
-    ack(session, first)
-    wait_until(lambda: not session.draining)
-    assert [args[1] for args in ctx.storage.called("fetch_timestamp_messages")][-2:] == [
-        first.sortkey_timestamp, first.sortkey_timestamp]  # read again after the ack
-
-
 def test_expired_stored_messages_are_skipped_and_topic_ones_deleted(ctx):
     uaid = known_user(ctx)
     chid = str(uuid.uuid4())
