@@ -259,7 +259,8 @@ def hello_storm(host, port, at, count=0, uaids=None, source=None, concurrency=30
                 broadcasts=None, deadline=600.0, timeout=60.0, backoff=(0.2, 1.0)):
     """At monotonic time ``at``, one client per ``uaids`` entry (hello with
     it) or ``count`` new clients (hello without a uaid), connecting from
-    ``(source, 0)`` when given, hello naming ``broadcasts``. At most
+    ``(source, 0)`` when given (a list: client i from ``source[i % len]``),
+    hello naming ``broadcasts``. At most
     ``concurrency`` attempts in flight; a failed attempt is counted by kind,
     its socket reset, and the client tries again after ``backoff`` s (not
     holding a slot meanwhile) until ``deadline`` s after ``at`` (then it gave
@@ -273,6 +274,7 @@ def hello_storm(host, port, at, count=0, uaids=None, source=None, concurrency=30
     reply's uaid, bytes received after the reply) per client, the sockets
     open and no longer on this storm's epoll."""
     total = len(uaids) if uaids else count
+    sources = [source] if isinstance(source, str) else source
     end = at + deadline
     delay = at - time.monotonic()
     if delay > 0:
@@ -315,8 +317,8 @@ def hello_storm(host, port, at, count=0, uaids=None, source=None, concurrency=30
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = HelloClient(index, sock, now, min(timeout, max(end - now, 1.0)))
         try:
-            if source:
-                sock.bind((source, 0))
+            if sources:
+                sock.bind((sources[index % len(sources)], 0))
             code = sock.connect_ex((host, port))
         except OSError as exc:
             return fail(client, "connect_error", repr(exc))
