@@ -105,12 +105,12 @@ if __name__ == "__main__" and sys.argv[1:2] == ["writes"]:
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
-import struct  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+
+from bench.stormclient import linger_zero  # noqa: E402
 
 NAME = "c100k"
 MONITOR = "remote-settings/monitor_changes"
@@ -161,17 +161,13 @@ def source_addresses(index):
 # -- the client processes ----------------------------------------------------------------
 
 def reset(conn):
-    """Drop the connection with a TCP reset (SO_LINGER 0): no TIME_WAIT keeps
-    the source port, as when a network blip kills it."""
+    """Drop the connection with a TCP reset (``stormclient.linger_zero``)."""
     transport = conn.transport
     if transport is None or transport.is_closing():
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
+        linger_zero(sock)
     transport.abort()
 
 

@@ -6,7 +6,6 @@ The driver itself never imports gevent: it only starts and watches processes.
 """
 import json
 import os
-import random
 import resource
 import selectors
 import signal
@@ -18,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from connnode.embedded import Dynalite  # noqa: F401 - re-exported for the benchmarks
+from connnode.embedded import SERVER_PORTS, Dynalite, free_port  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -202,25 +201,6 @@ def stop_process(process, sig=signal.SIGTERM, timeout=15.0, group=False):
         process.wait()
     except ProcessLookupError:
         pass
-
-
-#: Ports the servers under test listen on come from below the ephemeral range
-#: (Linux: 32768-60999), so that no client socket's own port can take one
-#: between ``free_port`` and the server's bind (c100k's clients hold 100,000).
-SERVER_PORTS = (10000, 32000)
-
-
-def free_port():
-    """A port free on every address, outside the ephemeral range."""
-    for _ in range(200):
-        port = random.randint(*SERVER_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def free_port_block(count):

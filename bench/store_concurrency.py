@@ -60,13 +60,8 @@ def child(config):
     print(json.dumps({"every": every, "warmed": warmed}), flush=True)
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 def main():
-    from bench.common import Dynalite, child_env, crypto_key, cpu_seconds, table_names
+    from bench.common import Dynalite, child_env, cpu_seconds, crypto_key, percentile, table_names
 
     processes = int(sys.argv[1]) if len(sys.argv) > 1 else 6
     levels = [int(a) for a in sys.argv[2:]] or [4, 8, 16, 32, 100]

@@ -97,6 +97,47 @@ def _hello(uaid):
     return client_frame(OP_TEXT, hello_text(uaid, None).encode())
 
 
+def connect_error(sock):
+    """Why a non-blocking connect failed, or None once it is connected."""
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    return f"connect: {os.strerror(code)}" if code else None
+
+
+def receive(sock):
+    """What a readable socket has: None (nothing after all), or (data, why),
+    data empty and ``why`` the reason when the peer has gone."""
+    try:
+        return sock.recv(RECV_SIZE), "connection closed"
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return b"", repr(exc)
+
+
+def upgrade_refused(head, accept):
+    """None when ``head`` (the answer's header block) is a 101 with the
+    expected ``Sec-WebSocket-Accept``; else (kind, detail)."""
+    lines = head.split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or status[1] != b"101":
+        kind = "http_503" if len(status) > 1 and status[1] == b"503" else "handshake_refused"
+        return kind, f"no upgrade: {lines[0][:100]!r}"
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-accept" and value.strip() == accept:
+            return None
+    return "handshake_refused", "bad Sec-WebSocket-Accept"
+
+
+def linger_zero(sock):
+    """Make ``close`` reset the connection (SO_LINGER 0): no TIME_WAIT holds
+    the source port, as when a network blip kills it."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+
+
 def storm(host, port, uaids, at, expect=1, timeout=120.0):
     delay = at - time.monotonic()
     if delay > 0:
@@ -138,23 +179,19 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
                 continue
             sock = client.sock
             if client.stage == CONNECTING:
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code:
-                    fail(client, f"connect: {os.strerror(code)}")
+                why = connect_error(sock)
+                if why:
+                    fail(client, why)
                     continue
                 request, client.accept = _handshake(host, port)
                 sock.send(request)  # a few hundred bytes into an empty buffer
                 client.stage = UPGRADING
                 poller.modify(sock, select.EPOLLIN)
                 continue
-            try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
+            received = receive(sock)
+            if received is None:
                 continue
-            except OSError as exc:
-                data, why = b"", repr(exc)
-            else:
-                why = "connection closed"
+            data, why = received
             if not data or len(client.buf) + len(data) > MAX_BUFFERED:
                 fail(client, why if not data else "too much unparsed data")
                 continue
@@ -164,9 +201,9 @@ def storm(host, port, uaids, at, expect=1, timeout=120.0):
                 if end < 0:
                     client.buf = buf
                     continue
-                head = buf[:end]
-                if not head.startswith(b"HTTP/1.1 101") or client.accept not in head:
-                    fail(client, f"handshake: {head[:60]!r}")
+                refused = upgrade_refused(buf[:end], client.accept)
+                if refused:
+                    fail(client, f"handshake: {refused[1]}")
                     continue
                 buf = buf[end + 4:]
                 sock.send(_hello(client.uaid))
@@ -231,30 +268,6 @@ def hello_kind(reply, broadcasts):
     return f"hello_{status}"
 
 
-def upgrade_refused(head, accept):
-    """None when ``head`` (the answer's header block) is a 101 with the
-    expected ``Sec-WebSocket-Accept``; else (kind, detail)."""
-    lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or status[1] != b"101":
-        kind = "http_503" if len(status) > 1 and status[1] == b"503" else "handshake_refused"
-        return kind, f"no upgrade: {lines[0][:100]!r}"
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"sec-websocket-accept" and value.strip() == accept:
-            return None
-    return "handshake_refused", "bad Sec-WebSocket-Accept"
-
-
-def reset_socket(sock):
-    """Close with a TCP reset (SO_LINGER 0): no TIME_WAIT holds the port."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
-
-
 def hello_storm(host, port, at, count=0, uaids=None, source=None, concurrency=300,
                 broadcasts=None, deadline=600.0, timeout=60.0, backoff=(0.2, 1.0)):
     """At monotonic time ``at``, one client per ``uaids`` entry (hello with
@@ -296,7 +309,8 @@ def hello_storm(host, port, at, count=0, uaids=None, source=None, concurrency=30
         if flying.get(client.fd) is client:
             del flying[client.fd]
             poller.unregister(client.fd)
-        reset_socket(client.sock)
+        linger_zero(client.sock)
+        client.sock.close()
         failed(client.index, kind, detail)
 
     def send(client, data, lost):
@@ -348,22 +362,18 @@ def hello_storm(host, port, at, count=0, uaids=None, source=None, concurrency=30
         """The socket is ready: move the attempt along."""
         sock = client.sock
         if client.stage == CONNECTING:
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                return fail(client, "connect_error", f"connect: {os.strerror(code)}")
+            why = connect_error(sock)
+            if why:
+                return fail(client, "connect_error", why)
             request, client.accept = _handshake(host, port)
             if send(client, request, "handshake_lost"):
                 client.stage, client.expires = UPGRADING, time.monotonic() + client.limit
                 poller.modify(client.fd, select.EPOLLIN)
             return
-        try:
-            data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
+        received = receive(sock)
+        if received is None:
             return
-        except OSError as exc:
-            data, why = b"", repr(exc)
-        else:
-            why = "connection closed"
+        data, why = received
         if not data:
             return fail(client, "handshake_lost" if client.stage == UPGRADING
                         else "closed_before_reply", why)

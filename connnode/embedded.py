@@ -2,6 +2,7 @@
 and tests: find it, start it bound to 127.0.0.1, wait until it answers, stop it.
 """
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,10 +74,24 @@ def port_taken(port, host="127.0.0.1"):
     return False
 
 
+#: Ports handed to local servers (dynalite, test and benchmark nodes) come
+#: from below Linux's ephemeral range (32768-60999): a client socket's own
+#: port cannot then take one between ``free_port`` and the server's bind (the
+#: c100k benchmark's clients hold 100,000 ephemeral ports on 127.0.0.x).
+SERVER_PORTS = (10000, 32000)
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free on every address, from ``SERVER_PORTS``."""
+    for _ in range(200):
+        port = random.randint(*SERVER_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise DynaliteError(f"no free port in {SERVER_PORTS}")
 
 
 class Dynalite:

@@ -5,8 +5,6 @@ files; the CLI runs as a subprocess with the nodes' CONNNODE_* settings.
 
 The connection nodes run without any tracking setting: the decision is the
 endpoint's, and travels with the message."""
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,6 @@ from cryptography.fernet import Fernet
 
 from connnode.crypto import TokenCrypto
 from connnode.encoding import b64url_encode
-from tests import harness
 from tests.harness import ROOT, PushClient, raw_public
 from tests.integration.test_endpoint import (Service, claims_for, message_id, post,
                                              vapid_header)
@@ -63,29 +60,6 @@ def wait_events(svc, wanted, timeout=EVENT_WAIT):
 def one(events, stage, mid):
     (event,) = [e for e in events if e["stage"] == stage and e["message_id"] == mid]
     return event
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ports_below_the_ephemeral_range():
-    """Node ports from below the kernel's ephemeral range (32768-60999 by
-    default): a load test on the same machine (bench.c100k) holds ephemeral
-    ports on other 127.0.0.x addresses, and a node's 0.0.0.0 bind collides
-    with those."""
-    original = harness.free_port
-
-    def below():
-        for _ in range(200):
-            port = random.randint(20000, 32000)
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("0.0.0.0", port))
-                except OSError:
-                    continue
-            return port
-        return original()
-    harness.free_port = below
-    yield
-    harness.free_port = original
 
 
 @pytest.fixture(scope="module")
